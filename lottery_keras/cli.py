@@ -1,0 +1,150 @@
+"""Command line: `run.py [run] ...` (iterative magnitude pruning), `run.py report ...`, `run.py export ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: keep its start-up chatter out
+
+COMMANDS = ("run", "report", "export")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction strictly between 0 and 1 (e.g. 0.2 for 20%%)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from lottery_keras.config import PRECISIONS, PRESETS, PRUNING_SCOPES
+    from lottery_keras.data import ALIASES, DATASETS
+    from lottery_keras.imp import STRATEGIES
+    from lottery_keras.models import ARCH_ALIASES, ARCHITECTURES, INITIALIZERS
+
+    what = parser.add_argument_group("what to run")
+    what.add_argument("--dataset", required=True, choices=sorted([*DATASETS, *ALIASES]), metavar="NAME",
+                      help=f"one of: {', '.join(DATASETS)} (aliases: {', '.join(ALIASES)})")
+    what.add_argument("--arch", required=True, choices=sorted([*ARCHITECTURES, *ARCH_ALIASES]), metavar="NAME",
+                      help=f"one of: {', '.join(ARCHITECTURES)} (aliases: {', '.join(ARCH_ALIASES)})")
+    what.add_argument("--strategy", action="append", choices=[*STRATEGIES, "all"], metavar="NAME",
+                      help=f"{', '.join(STRATEGIES)} or all (repeatable; default magnitude_rewind)")
+    what.add_argument("--preset", default="es667", choices=sorted(PRESETS),
+                      help="protocol defaults: es667 (the ES667 study, default) or frankle2019 (the paper)")
+    what.add_argument("--trials", type=_positive_int, default=1, help="independent seeds (seed, seed+1, …)")
+
+    protocol = parser.add_argument_group("protocol overrides (default: the preset's value)")
+    protocol.add_argument("--rounds", type=_positive_int, help="IMP rounds; round 1 trains the dense network")
+    protocol.add_argument("--iterations", type=_positive_int, help="training iterations per round")
+    protocol.add_argument("--batch-size", type=_positive_int)
+    protocol.add_argument("--lr", type=_positive_float, dest="learning_rate", help="Adam learning rate")
+    protocol.add_argument("--prune-rate", type=_rate, help="fraction of surviving weights pruned per round, "
+                                                           "every layer")
+    protocol.add_argument("--prune-fc", type=_rate, help="rate for fully-connected layers")
+    protocol.add_argument("--prune-conv", type=_rate, help="rate for convolutional layers")
+    protocol.add_argument("--prune-output", type=_rate, help="rate for the output layer")
+    protocol.add_argument("--pruning-scope", choices=PRUNING_SCOPES,
+                          help="layerwise (default) or one global magnitude threshold at the fc rate")
+    protocol.add_argument("--eval-every", type=_positive_int, help="iterations between validation evaluations")
+    protocol.add_argument("--seed", type=int)
+    protocol.add_argument("--init", choices=sorted(INITIALIZERS))
+    protocol.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                          help="random crop + flip (default: on for CIFAR-10 under es667)")
+    protocol.add_argument("--precision", choices=PRECISIONS)
+    protocol.add_argument("--train-subset", type=_positive_int, metavar="N",
+                          help="train on the first N training samples only (smoke runs)")
+
+    how = parser.add_argument_group("execution")
+    how.add_argument("--data-dir", help="folder holding mnist/, fashion_mnist/, cifar10/ "
+                                        "(default: $LOTTERY_KERAS_DATA_DIR, system folders, then tfds)")
+    how.add_argument("--output-dir", default="outputs", help="where run directories go (default: outputs)")
+    how.add_argument("--no-tfmot-check", dest="check_tfmot", action="store_false",
+                     help="skip cross-checking masks against tensorflow-model-optimization")
+    how.add_argument("--loop", choices=("compiled", "keras"), default="compiled",
+                     help="training loop: compiled on-device loop (default) or stock keras.Model.fit")
+    how.add_argument("--quiet", action="store_true", help="no progress bars")
+    how.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="Lottery tickets in Keras: iterative magnitude pruning with rewinding, controls, reports "
+                    "and export. Without a sub-command, `run` is assumed.")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="run (or resume) an IMP experiment",
+                              description="Run iterative magnitude pruning; a run started again with the same "
+                                          "arguments resumes after its last finished round.")
+    _add_run_arguments(run)
+    return parser
+
+
+_EXPERIMENT_FIELDS = ("rounds", "iterations", "batch_size", "learning_rate", "prune_rate", "prune_fc", "prune_conv",
+                      "prune_output", "pruning_scope", "eval_every", "seed", "init", "augment", "precision",
+                      "train_subset")
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from lottery_keras import config, imp
+
+    experiment = config.from_preset(args.preset, args.dataset, args.arch,
+                                    **{name: getattr(args, name) for name in _EXPERIMENT_FIELDS})
+    strategies = imp.resolve_strategies(args.strategy or ["magnitude_rewind"])
+    run_dir = imp.run_dir_for(experiment, args.output_dir)
+    if args.dry_run:
+        print(f"preset: {args.preset}")
+        for key, value in experiment.to_dict().items():
+            print(f"  {key}: {value}")
+        print(f"strategies: {', '.join(strategies)}; trials: {args.trials}")
+        print(f"run directory: {run_dir}")
+        return 0
+    options = imp.RunOptions(strategies=strategies, trials=args.trials, check_tfmot=args.check_tfmot,
+                             loop=args.loop, verbose=not args.quiet)
+    run_dir = imp.run_experiment(experiment, args.output_dir, args.data_dir, options)
+    print(f"\nResults in {run_dir} (mean over {args.trials} trial(s)):")
+    print(imp.summary_table(run_dir).to_string())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "run")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from lottery_keras.data import DataError
+    from lottery_keras.pruning import PruningCrossCheckError
+
+    try:
+        return {"run": command_run}[args.command](args)
+    except (ValueError, DataError, OSError, PruningCrossCheckError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished rounds are saved; run the same command again to resume", file=sys.stderr)
+        return 130

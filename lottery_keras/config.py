@@ -1,0 +1,127 @@
+"""Experiment configuration: one frozen dataclass, named presets, and a hash that names the run directory.
+
+Every field of `Experiment` but `rounds` changes what a round produces, so all others go into the hash; `rounds`
+only says how far to go, so a run extended by more rounds continues in its own directory. How a run is executed
+(trials, strategies, folders, progress) is passed to the controller separately. Two commands that resolve to
+the same `Experiment` share a directory and resume each other's work; any difference gives a new directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from lottery_keras.data import DATASETS, canonical_name
+from lottery_keras.models import INITIALIZERS, canonical_arch
+
+PRECISIONS = ("float32", "bfloat16")
+PRUNING_SCOPES = ("layerwise", "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    dataset: str
+    arch: str
+    init: str
+    learning_rate: float
+    batch_size: int
+    iterations: int
+    eval_every: int
+    rounds: int
+    prune_fc: float
+    prune_conv: float
+    prune_output: float
+    pruning_scope: str = "layerwise"
+    augment: bool = False
+    seed: int = 0
+    precision: str = "float32"
+    train_subset: int | None = None  # use only the first N training samples (smoke runs, tests)
+
+    def __post_init__(self):
+        object.__setattr__(self, "dataset", canonical_name(self.dataset))
+        object.__setattr__(self, "arch", canonical_arch(self.arch))
+        for name in ("prune_fc", "prune_conv", "prune_output"):
+            rate = getattr(self, name)
+            if not 0.0 < rate < 1.0:
+                raise ValueError(f"{name.replace('_', '-')} must lie strictly between 0 and 1, not {rate}")
+        for name in ("batch_size", "iterations", "eval_every", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be positive, not {self.learning_rate}")
+        if self.init not in INITIALIZERS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of: {', '.join(INITIALIZERS)}")
+        if self.pruning_scope not in PRUNING_SCOPES:
+            raise ValueError(f"unknown pruning scope {self.pruning_scope!r}; choose one of: {', '.join(PRUNING_SCOPES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train subset must be at least 1 sample, not {self.train_subset}")
+        if self.batch_size > train_size:
+            raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def hash(self) -> str:
+        hashed = {key: value for key, value in self.to_dict().items() if key != "rounds"}
+        return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.dataset}-{self.arch}-{self.hash}"
+
+    @property
+    def rates_by_kind(self) -> dict[str, float]:
+        """Pruning rate per layer kind ('fc', 'conv', 'output'), as `pruning.layer_kinds` names them."""
+        return {"fc": self.prune_fc, "conv": self.prune_conv, "output": self.prune_output}
+
+
+def _steps_per_epoch(dataset: str, batch_size: int) -> int:
+    return DATASETS[canonical_name(dataset)].num_train // batch_size
+
+
+def _es667(dataset: str, arch: str) -> dict:
+    batch = 128 if arch == "conv6" else 60
+    return dict(init="he_normal", learning_rate=1.2e-3, batch_size=batch, iterations=40_000,
+                eval_every=_steps_per_epoch(dataset, batch), rounds=16, prune_fc=0.3, prune_conv=0.3,
+                prune_output=0.3, augment=canonical_name(dataset) == "cifar10")
+
+
+_FRANKLE_LR = {"lenet300_100": 1.2e-3, "lenet5": 1.2e-3, "conv2": 2e-4, "conv4": 3e-4, "conv6": 3e-4}
+_FRANKLE_ITERATIONS = {"lenet300_100": 50_000, "lenet5": 50_000, "conv2": 20_000, "conv4": 25_000, "conv6": 30_000}
+
+
+def _frankle2019(dataset: str, arch: str) -> dict:
+    fc = 0.2
+    return dict(init="glorot_normal", learning_rate=_FRANKLE_LR[arch], batch_size=60,
+                iterations=_FRANKLE_ITERATIONS[arch], eval_every=100, rounds=20, prune_fc=fc,
+                prune_conv=0.15 if arch == "conv6" else 0.1, prune_output=fc / 2, augment=False)
+
+
+PRESETS = {"es667": _es667, "frankle2019": _frankle2019}
+
+
+def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment:
+    """The preset's protocol for (dataset, arch), with `overrides` (None values ignored) on top.
+
+    `prune_rate` sets all three per-layer-kind rates at once; the specific `prune_fc/conv/output` win over it.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    dataset, arch = canonical_name(dataset), canonical_arch(arch)
+    values = PRESETS[preset](dataset, arch)
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    rate = overrides.pop("prune_rate", None)
+    if rate is not None:
+        values.update(prune_fc=rate, prune_conv=rate, prune_output=rate)
+    if "batch_size" in overrides and "eval_every" not in overrides and preset == "es667":
+        values["eval_every"] = _steps_per_epoch(dataset, overrides["batch_size"])
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(Experiment)}
+    if unknown:
+        raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
+    values.update(overrides)
+    return Experiment(dataset=dataset, arch=arch, **values)

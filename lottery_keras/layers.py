@@ -1,0 +1,99 @@
+"""Masked layers: a dense and a 2-D convolution layer whose binary mask is a non-trainable variable.
+
+Invariant: `kernel == kernel * mask` at all times outside an optimizer step. The model's `train_step` restores it
+after every update (`apply_mask`), and rewinding sets masked weights directly, so the forward pass reads the
+kernel as it is and pays for no extra multiply.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+class MaskedLayer(keras.layers.Layer):
+    """Common mask handling; subclasses create `self.kernel` and call `_add_mask` in `build`."""
+
+    kernel: keras.Variable
+    mask: keras.Variable
+
+    def _add_mask(self) -> None:
+        self.mask = self.add_weight(name="mask", shape=self.kernel.shape, initializer="ones", trainable=False)
+
+    def apply_mask(self) -> None:
+        """Zero the kernel wherever the mask is zero (runs on the device, inside compiled steps)."""
+        self.kernel.assign(self.kernel * self.mask)
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras")
+class MaskedDense(MaskedLayer):
+    """`Dense` with a pruning mask on its kernel."""
+
+    def __init__(self, units: int, activation=None, kernel_initializer="glorot_normal",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                      initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
+        self._add_mask()
+
+    def call(self, inputs):
+        return self.activation(ops.matmul(inputs, self.kernel) + self.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras")
+class MaskedConv2D(MaskedLayer):
+    """`Conv2D` (channels last, stride 1) with a pruning mask on its kernel."""
+
+    def __init__(self, filters: int, kernel_size: int, padding: str = "valid", activation=None,
+                 kernel_initializer="glorot_normal", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.padding = padding
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        shape = (self.kernel_size, self.kernel_size, input_shape[-1], self.filters)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+        self._add_mask()
+
+    def call(self, inputs):
+        return self.activation(ops.conv(inputs, self.kernel, padding=self.padding) + self.bias)
+
+    def compute_output_shape(self, input_shape):
+        shrink = 0 if self.padding == "same" else self.kernel_size - 1
+        height, width = (None if d is None else d - shrink for d in input_shape[1:3])
+        return (input_shape[0], height, width, self.filters)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "padding": self.padding,
+            "activation": keras.activations.serialize(self.activation),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }

@@ -1,0 +1,111 @@
+"""Pruning masks: layerwise or global magnitude pruning, random pruning, and the tfmot cross-check.
+
+Masks are cumulative and exact. After k prunings at rate p a layer of n weights keeps
+`max(1, round(n · (1 − p)^k))` of them: the same count tensorflow-model-optimization's magnitude pruning keeps
+for target sparsity 1 − (1 − p)^k. Each pruning removes only surviving weights, the smallest |w| first (ties
+broken by position), so a layer never loses more than asked and never its last weight. Biases are never pruned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Masks = dict[str, np.ndarray]
+Weights = dict[str, np.ndarray]
+
+
+def layer_kinds(layer_names: list[str], conv_names: set[str]) -> dict[str, str]:
+    """'conv', 'fc' or 'output' (the last layer) for each prunable layer, in forward order."""
+    return {name: "output" if i == len(layer_names) - 1 else "conv" if name in conv_names else "fc"
+            for i, name in enumerate(layer_names)}
+
+
+def target_count(size: int, rate: float, prunings: int) -> int:
+    """Weights a layer of `size` keeps after `prunings` cumulative prunings at `rate`."""
+    return max(1, int(round(size * (1.0 - rate) ** prunings)))
+
+
+def target_sparsity(rate: float, prunings: int) -> float:
+    return 1.0 - (1.0 - rate) ** prunings
+
+
+def _keep_largest(scores: np.ndarray, mask: np.ndarray, keep: int) -> np.ndarray:
+    """A mask keeping the `keep` highest-scoring surviving positions (stable order breaks ties)."""
+    flat_mask = mask.reshape(-1).astype(bool)
+    surviving = np.flatnonzero(flat_mask)
+    if keep > surviving.size:
+        raise ValueError(f"cannot keep {keep} weights: only {surviving.size} survive")
+    order = np.argsort(-scores.reshape(-1)[surviving], kind="stable")
+    new_mask = np.zeros(flat_mask.shape, np.float32)
+    new_mask[surviving[order[:keep]]] = 1.0
+    return new_mask.reshape(mask.shape)
+
+
+def layerwise_counts(masks: Masks, rates: dict[str, float], prunings: int) -> dict[str, int]:
+    """Per-layer weights kept after `prunings` layerwise prunings."""
+    return {name: target_count(mask.size, rates[name], prunings) for name, mask in masks.items()}
+
+
+def magnitude_prune(weights: Weights, masks: Masks, counts: dict[str, int]) -> Masks:
+    """Each layer keeps its `counts[name]` largest-magnitude surviving weights."""
+    return {name: _keep_largest(np.abs(weights[name]), mask, counts[name]) for name, mask in masks.items()}
+
+
+def random_prune(masks: Masks, counts: dict[str, int], rng: np.random.Generator) -> Masks:
+    """Like `magnitude_prune` with random scores: the same per-layer counts, positions independent of weights."""
+    return {name: _keep_largest(rng.random(mask.shape), mask, counts[name]) for name, mask in masks.items()}
+
+
+def global_magnitude_prune(weights: Weights, masks: Masks, rate: float, prunings: int) -> Masks:
+    """One magnitude threshold over all layers; the largest surviving weight of every layer is always kept."""
+    names = list(masks)
+    total = sum(masks[name].size for name in names)
+    scores = [np.abs(weights[name]).reshape(-1).astype(np.float64) for name in names]
+    for name, score in zip(names, scores):
+        surviving = np.flatnonzero(masks[name].reshape(-1))
+        score[surviving[np.argmax(score[surviving])]] = np.inf
+    keep = max(target_count(total, rate, prunings), len(names))
+    flat = _keep_largest(np.concatenate(scores), np.concatenate([masks[n].reshape(-1) for n in names]), keep)
+    bounds = np.cumsum([0] + [masks[name].size for name in names])
+    return {name: flat[bounds[i]:bounds[i + 1]].reshape(masks[name].shape) for i, name in enumerate(names)}
+
+
+def remaining_percent(masks: Masks) -> float:
+    return 100.0 * sum(float(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
+
+
+class PruningCrossCheckError(AssertionError):
+    """Our mask disagrees with tensorflow-model-optimization's schedule or magnitude threshold."""
+
+
+def tfmot_magnitude_mask(weights: np.ndarray, sparsity: float) -> tuple[np.ndarray, float]:
+    """tfmot's mask for `weights` at `sparsity` and the sparsity its `ConstantSparsity` schedule reports
+    (its magnitude rule: keep the round(n · (1 − s)) largest |w|, and every tie with the last of them)."""
+    import tensorflow as tf
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl, pruning_schedule
+
+    schedule = pruning_schedule.ConstantSparsity(sparsity, begin_step=0, frequency=1)
+    pruning = pruning_impl.Pruning(lambda: tf.constant(0, tf.int64), [], schedule, (1, 1), "AVG")
+    _, mask = pruning._update_mask(tf.constant(weights, tf.float32))
+    return mask.numpy(), float(schedule(tf.constant(0, tf.int64))[1].numpy())
+
+
+def check_against_tfmot(name: str, weights: np.ndarray, old_mask: np.ndarray, new_mask: np.ndarray,
+                        rate: float, prunings: int, by_magnitude: bool) -> None:
+    """Raise `PruningCrossCheckError` unless `new_mask` keeps the count tfmot's schedule targets and, for
+    magnitude pruning, the weights tfmot's magnitude threshold keeps (ties at the threshold aside)."""
+    if np.any(new_mask > old_mask):
+        raise PruningCrossCheckError(f"layer {name}: the new mask revives pruned weights")
+    masked = weights * old_mask
+    tf_mask, sparsity = tfmot_magnitude_mask(masked, target_sparsity(rate, prunings))
+    kept, schedule_count = int(new_mask.sum()), max(1, int(round(new_mask.size * (1.0 - sparsity))))
+    exact = new_mask.size * (1.0 - rate) ** prunings
+    float_rounding = abs(abs(exact - np.floor(exact)) - 0.5) < 1e-3  # float32 vs float64 at a .5 boundary
+    if abs(kept - schedule_count) > float_rounding:
+        raise PruningCrossCheckError(f"layer {name}: kept {kept} weights, tfmot's schedule at sparsity "
+                                     f"{sparsity:.6f} keeps {schedule_count}")
+    if by_magnitude:
+        smaller, larger = (new_mask, tf_mask) if kept <= tf_mask.sum() else (tf_mask, new_mask)
+        if np.any(smaller > larger):
+            raise PruningCrossCheckError(f"layer {name}: the mask keeps other weights than tfmot's magnitude "
+                                         f"threshold ({int((new_mask != tf_mask).sum())} positions differ)")
