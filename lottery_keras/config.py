@@ -41,6 +41,11 @@ class Experiment:
     def __post_init__(self):
         object.__setattr__(self, "dataset", canonical_name(self.dataset))
         object.__setattr__(self, "arch", canonical_arch(self.arch))
+        train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train subset must be at least 1 sample, not {self.train_subset}")
+        if self.batch_size > train_size:
+            raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
         for name in ("prune_fc", "prune_conv", "prune_output"):
             rate = getattr(self, name)
             if not 0.0 < rate < 1.0:
@@ -56,11 +61,6 @@ class Experiment:
             raise ValueError(f"unknown pruning scope {self.pruning_scope!r}; choose one of: {', '.join(PRUNING_SCOPES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ValueError(f"train subset must be at least 1 sample, not {self.train_subset}")
-        if self.batch_size > train_size:
-            raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

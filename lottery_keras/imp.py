@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -119,10 +120,23 @@ class TrialRun:
     def ensure_round(self, strategy: str, round_index: int) -> Path:
         """Run one (strategy, round) unit unless it is finished; returns its directory."""
         directory = results.round_dir(self.run_dir, self.trial, strategy, round_index)
-        if not results.is_finished(directory):
+        if results.is_finished(directory):
+            return directory
+        if strategy == "random_rewind" and round_index == 0:  # θ0, a full mask, the same data: identical
+            self._copy_round(self.ensure_round("magnitude_rewind", 0), directory)
+        else:
             masks = self._masks(strategy, round_index)
             self._train_round(strategy, round_index, masks, self._start_weights(strategy, round_index), directory)
         return directory
+
+    @staticmethod
+    def _copy_round(source: Path, directory: Path) -> None:
+        staging = directory.with_name(f".{directory.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        shutil.rmtree(directory, ignore_errors=True)  # an unfinished attempt
+        staging.replace(directory)
+        write_csv(directory.parent / "results.csv", results.strategy_results(directory.parent))
 
     # ------------------------------------------------------------------------------------------ masks
 

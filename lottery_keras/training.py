@@ -24,7 +24,7 @@ from lottery_keras.models import MaskedModel
 
 # XLA helps where per-op overhead dominates (small dense nets); on CPU, oneDNN convolutions beat XLA's.
 # Measured by benchmarks/bench_train.py; override with `jit_compile=`.
-JIT_BY_DEFAULT = {"cpu": {}, "gpu": {}}
+JIT_BY_DEFAULT = {"cpu": {"lenet300_100": True}, "gpu": {}}
 
 
 def default_jit(model: MaskedModel) -> bool:

@@ -1,0 +1,423 @@
+"""Reports: tables (CSV + markdown) and figures (PNG + SVG) from finished or partly finished runs.
+
+    <report_dir>/report.md              protocol, trials, tables, links to the figures
+    <report_dir>/rounds.csv             per (run, strategy, round): mean / min / max over trials of every metric
+    <report_dir>/summary.csv            per run: dense and peak accuracy, winning-ticket range, control gaps
+    <report_dir>/<figure>.png|.svg      the figures named in `FIGURES`
+
+Every statistic is taken over the trials that finished a round, so a run still in progress reports what it has.
+Figures are drawn on `matplotlib.figure.Figure` objects (Agg canvas), never through pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from lottery_keras import results
+from lottery_keras.config import Experiment
+from lottery_keras.imp import STRATEGIES, recorded_experiment
+from lottery_keras.storage import atomic_path, write_csv
+
+TICKET = "magnitude_rewind"
+REINIT = "magnitude_random"
+RANDOM_PRUNING = "random_rewind"
+LABELS = {TICKET: "winning ticket", REINIT: "random reinit", RANDOM_PRUNING: "random pruning"}
+COLORS = {TICKET: "tab:blue", REINIT: "tab:orange", RANDOM_PRUNING: "tab:green"}
+TICKET_TOLERANCE = 2.0  # accuracy points below dense that still count as "matching" the dense network
+CURVE_TARGETS = (100.0, 50.0, 20.0, 5.0)  # remaining % of the learning curves shown, plus the sparsest
+METRICS = [column for column in results.RESULT_COLUMNS if column not in ("round", "remaining")]
+FIGURES = {
+    "test_accuracy": "Test accuracy at early stop vs weights remaining",
+    "early_stop_iteration": "Early-stop iteration vs weights remaining",
+    "learning_curves": "Learning curves of the winning ticket (solid) and random reinit (dashed)",
+    "beyond_accuracy": "Generalization gap, calibration and training time vs weights remaining",
+}
+CIFAR10_NOTE = ("CIFAR-10 figures come from the local lossy copy of the dataset (rebuilt from a JPEG re-encoding, "
+                "pixels differ by up to ~14 grey levels; see shared/datasets/README.md): accuracies can differ "
+                "slightly from published CIFAR-10 numbers.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    label: str
+    directory: Path
+    experiment: Experiment
+    results: pd.DataFrame  # `load_run`: one row per finished (trial, strategy, round)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def common_parent(run_dirs: list[Path]) -> Path:
+    """The deepest folder holding all `run_dirs` (resolved); for one run, its parent."""
+    paths = [Path(run_dir).resolve() for run_dir in run_dirs]
+    return Path(os.path.commonpath([path.parent for path in paths]))
+
+
+def run_label(run_dir: Path) -> str:
+    """`<dataset>-<arch>`, from the run's config.json."""
+    experiment = recorded_experiment(run_dir)
+    return f"{experiment.dataset}-{experiment.arch}"
+
+
+def load_run(run_dir: Path, label: str | None = None) -> pd.DataFrame:
+    """Every finished round of a run (`results.collect_results`) with a leading `run` column."""
+    frame = results.collect_results(run_dir)
+    frame = frame.astype({column: float for column in ["remaining", *METRICS]})
+    frame.insert(0, "run", label or run_label(run_dir))
+    return frame
+
+
+def load_runs(run_dirs: list[Path]) -> list[Run]:
+    """The runs with unique labels: `<dataset>-<arch>`, or, when those collide, each run's path relative to the
+    runs' common parent."""
+    for run_dir in run_dirs:
+        if not (Path(run_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    labels = [run_label(run_dir) for run_dir in run_dirs]
+    if len(set(labels)) < len(labels):
+        parent = common_parent(run_dirs)
+        labels = [Path(run_dir).resolve().relative_to(parent).as_posix() for run_dir in run_dirs]
+    return [Run(label, Path(run_dir), recorded_experiment(run_dir), load_run(run_dir, label))
+            for label, run_dir in zip(labels, run_dirs)]
+
+
+def ordered_strategies(names) -> list[str]:
+    """The controller's strategies in its order, then any others alphabetically."""
+    names = set(names)
+    return [name for name in STRATEGIES if name in names] + sorted(names - set(STRATEGIES))
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def aggregate_rounds(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, strategy, round): remaining %, the number of trials, and `<metric>_mean/_min/_max`."""
+    grouped = frame.groupby(["run", "strategy", "round"])
+    table = grouped[METRICS].agg(["mean", "min", "max"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table.insert(0, "remaining", grouped["remaining"].mean())
+    table.insert(1, "trials", grouped.size())
+    return table.reset_index()
+
+
+def strategy_rounds(rounds: pd.DataFrame, run: str, strategy: str) -> pd.DataFrame:
+    """The aggregated rounds of one strategy of one run, indexed and ordered by round."""
+    selected = rounds[(rounds["run"] == run) & (rounds["strategy"] == strategy)]
+    return selected.set_index("round").sort_index()
+
+
+def ticket_range(ticket: pd.DataFrame, dense: float) -> float:
+    """The sparsest remaining % such that every round from dense down to it has mean test accuracy
+    ≥ dense − `TICKET_TOLERANCE`; NaN without a dense round."""
+    sparsest = math.nan
+    for expected, (round_index, row) in enumerate(ticket.iterrows()):
+        if round_index != expected or not row["test_acc_mean"] >= dense - TICKET_TOLERANCE:
+            break  # a missing round or a round below the tolerance ends the range
+        sparsest = row["remaining"]
+    return sparsest
+
+
+def compare_sparsest(first: pd.DataFrame, second: pd.DataFrame) -> tuple[float, float, float]:
+    """(remaining %, first's and second's mean test accuracy) at the sparsest round both reached."""
+    common = first.index.intersection(second.index)
+    if common.empty:
+        return math.nan, math.nan, math.nan
+    last = common.max()
+    return first.at[last, "remaining"], first.at[last, "test_acc_mean"], second.at[last, "test_acc_mean"]
+
+
+def run_summary(rounds: pd.DataFrame, run: str) -> dict:
+    """One row of the study summary (see `study_summary`)."""
+    ticket = strategy_rounds(rounds, run, TICKET)
+    dense = ticket.at[0, "test_acc_mean"] if 0 in ticket.index else math.nan
+    peak = ticket["test_acc_mean"].idxmax() if not ticket.empty else None
+    reinit_at, rewind_acc, reinit_acc = compare_sparsest(ticket, strategy_rounds(rounds, run, REINIT))
+    random_at, magnitude_acc, random_acc = compare_sparsest(ticket, strategy_rounds(rounds, run, RANDOM_PRUNING))
+    return {
+        "run": run, "dense_test_acc": dense,
+        "peak_test_acc": math.nan if peak is None else ticket.at[peak, "test_acc_mean"],
+        "peak_remaining": math.nan if peak is None else ticket.at[peak, "remaining"],
+        "ticket_range_remaining": ticket_range(ticket, dense),
+        "reinit_remaining": reinit_at, "rewind_test_acc": rewind_acc, "reinit_test_acc": reinit_acc,
+        "rewind_minus_reinit": rewind_acc - reinit_acc,
+        "random_pruning_remaining": random_at, "magnitude_test_acc": magnitude_acc,
+        "random_pruning_test_acc": random_acc, "magnitude_minus_random": magnitude_acc - random_acc,
+    }
+
+
+def study_summary(rounds: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
+    """One row per run: dense and peak test accuracy of the winning ticket (mean over trials) and the remaining %
+    at the peak, the winning-ticket range (`ticket_range`), and rewind vs random reinit / magnitude vs random
+    pruning at the sparsest round both strategies reached. Cells of missing strategies are NaN."""
+    return pd.DataFrame([run_summary(rounds, run) for run in runs])
+
+
+def trials_table(runs: list[Run]) -> pd.DataFrame:
+    """Per (run, strategy): trials with a finished round, rounds finished by all of them, sparsest remaining %."""
+    rows = []
+    for run in runs:
+        for strategy in ordered_strategies(run.results["strategy"]):
+            own = run.results[run.results["strategy"] == strategy]
+            per_round = own.groupby("round")["trial"].nunique()
+            rows.append({"run": run.label, "strategy": strategy, "trials": own["trial"].nunique(),
+                         "rounds done by all trials": int((per_round == own["trial"].nunique()).sum()),
+                         "rounds planned": run.experiment.rounds, "sparsest remaining %": own["remaining"].min()})
+    return pd.DataFrame(rows, columns=["run", "strategy", "trials", "rounds done by all trials", "rounds planned",
+                                       "sparsest remaining %"])
+
+
+def protocol_table(runs: list[Run]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "run": run.label, "dataset": run.experiment.dataset, "arch": run.experiment.arch,
+        "init": run.experiment.init, "lr (Adam)": f"{run.experiment.learning_rate:g}",
+        "batch": run.experiment.batch_size, "iterations": run.experiment.iterations,
+        "eval every": run.experiment.eval_every,
+        "prune fc/conv/output": "/".join(f"{rate:g}" for rate in run.experiment.rates_by_kind.values()),
+        "scope": run.experiment.pruning_scope, "augment": run.experiment.augment,
+        "train subset": run.experiment.train_subset or "all", "seed": run.experiment.seed,
+        "hash": run.directory.name.rsplit("-", 1)[-1],
+    } for run in runs])
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def format_cell(value, digits: int) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
+    """A GitHub markdown table; NaN cells empty, floats with `digits[column]` decimals (default 2)."""
+    places = [(digits or {}).get(column, 2) for column in frame.columns]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(format_cell(value, n) for value, n in zip(row, places)) + " |")
+    return "\n".join(lines)
+
+
+def round_table(ticket_rows: pd.DataFrame) -> pd.DataFrame:
+    """The per-round markdown view of one strategy's aggregated rounds."""
+    columns = {"remaining": "remaining %", "trials": "trials", "es_iteration_mean": "ES iteration",
+               "test_acc_mean": "test acc", "test_acc_min": "test min", "test_acc_max": "test max",
+               "val_acc_mean": "val acc", "final_test_acc_mean": "final test acc",
+               "generalization_gap_mean": "gen. gap", "ece_mean": "ECE", "train_seconds_mean": "train s"}
+    return ticket_rows[list(columns)].rename(columns=columns).reset_index()
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    columns = {"run": "run", "dense_test_acc": "dense acc", "peak_test_acc": "peak acc",
+               "peak_remaining": "peak at %", "ticket_range_remaining": "ticket range down to %",
+               "reinit_remaining": "rewind vs reinit at %", "rewind_test_acc": "rewind acc",
+               "reinit_test_acc": "reinit acc", "rewind_minus_reinit": "rewind − reinit",
+               "random_pruning_remaining": "magnitude vs random at %", "magnitude_test_acc": "magnitude acc",
+               "random_pruning_test_acc": "random-pruning acc", "magnitude_minus_random": "magnitude − random"}
+    return markdown_table(summary[list(columns)].rename(columns=columns))
+
+
+def report_title(runs: list[Run]) -> str:
+    if len(runs) == 1:
+        exp = runs[0].experiment
+        return (f"# Lottery-ticket report: {exp.dataset} / {exp.arch}\n\n"
+                f"{exp.init} init · Adam lr {exp.learning_rate:g} · batch {exp.batch_size} · "
+                f"{exp.iterations} iterations per round · evaluation every {exp.eval_every} · pruning "
+                f"fc/conv/output {exp.prune_fc:g}/{exp.prune_conv:g}/{exp.prune_output:g} ({exp.pruning_scope}) · "
+                f"{exp.rounds} rounds planned · run `{runs[0].directory.name}`")
+    return "# Lottery-ticket report: " + ", ".join(run.label for run in runs)
+
+
+def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame) -> str:
+    parts = [report_title(runs)]
+    if any(run.experiment.dataset == "cifar10" for run in runs):
+        parts.append(f"> **Note.** {CIFAR10_NOTE}")
+    parts += [
+        "Accuracies are in percent, at the early-stop iteration (minimum validation loss) unless named *final*; "
+        "each number is the mean over the trials that finished the round, figures show min–max bands. "
+        "Round 0 is the dense network (100% of weights remaining). Strategies: "
+        + "; ".join(f"`{name}` = {label}" for name, label in LABELS.items()) + ".",
+        "## Protocol", markdown_table(protocol_table(runs)),
+        "## Trials and rounds done", markdown_table(trials_table(runs)),
+        "## Study summary",
+        f"*Winning-ticket range*: the sparsest remaining % such that every round of the winning ticket from dense "
+        f"down to it has mean test accuracy ≥ dense − {TICKET_TOLERANCE:g} points. *Rewind vs reinit* and "
+        "*magnitude vs random* compare mean test accuracy at the sparsest level both strategies reached; "
+        "empty cells: a strategy was not run. Table: [summary.csv](summary.csv).",
+        summary_markdown(summary),
+    ]
+    for stem, caption in FIGURES.items():
+        parts += [f"## {caption}", f"![{caption}]({stem}.png)\n\nVector version: [{stem}.svg]({stem}.svg)"]
+    parts += ["## Per-round results",
+              "Means over trials (test accuracy also min and max); generalization gap = train − test accuracy "
+              "(points), ECE on the test split (15 bins), training wall time in seconds. All statistics: "
+              "[rounds.csv](rounds.csv)."]
+    for run in runs:
+        for strategy in ordered_strategies(rounds.loc[rounds["run"] == run.label, "strategy"]):
+            parts += [f"### {run.label}: {LABELS.get(strategy, strategy)} (`{strategy}`)",
+                      markdown_table(round_table(strategy_rounds(rounds, run.label, strategy)),
+                                     digits={"ES iteration": 1, "ECE": 4})]
+    return "\n\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def new_figure(rows: int, columns: int, panel_size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    figure = Figure(figsize=(panel_size[0] * columns, panel_size[1] * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def remaining_axis(ax, remaining: pd.Series) -> None:
+    """Log x axis from 100% (left) to the sparsest level (right), one labelled tick per remaining %."""
+    levels = sorted(set(remaining.round(4)), reverse=True)
+    ax.set_xscale("log")
+    if levels:
+        ax.set_xlim(levels[0] * 1.15, levels[-1] / 1.15)
+    ax.xaxis.set_major_locator(FixedLocator(levels))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="x", labelrotation=45 if len(levels) > 8 else 0)
+    ax.set_xlabel("weights remaining (%, log scale)")
+    ax.grid(True, alpha=0.3)
+
+
+def band_plot(ax, rounds: pd.DataFrame, run: str, metric: str) -> None:
+    """One line per strategy (mean over trials) with a min–max band."""
+    for strategy in ordered_strategies(rounds.loc[rounds["run"] == run, "strategy"]):
+        rows = strategy_rounds(rounds, run, strategy)
+        color = COLORS.get(strategy)
+        line, = ax.plot(rows["remaining"], rows[f"{metric}_mean"], marker="o", markersize=3, color=color,
+                        label=LABELS.get(strategy, strategy))
+        ax.fill_between(rows["remaining"], rows[f"{metric}_min"], rows[f"{metric}_max"], alpha=0.2,
+                        color=line.get_color(), linewidth=0)
+
+
+def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str, str]],
+                  dense_line: bool = False) -> Figure:
+    """Rows = runs, columns = `panels` (metric, y label): mean and min–max band vs remaining %."""
+    figure, axes = new_figure(len(runs), len(panels), (5.0, 3.6))
+    for row, run in zip(axes, runs):
+        for ax, (metric, ylabel) in zip(row, panels):
+            band_plot(ax, rounds, run.label, metric)
+            ticket = strategy_rounds(rounds, run.label, TICKET)
+            if dense_line and 0 in ticket.index:
+                ax.axhline(ticket.at[0, f"{metric}_mean"], color="gray", linestyle="--", linewidth=1,
+                           label="dense (winning ticket round 0)")
+            remaining_axis(ax, rounds.loc[rounds["run"] == run.label, "remaining"])
+            ax.set_ylabel(ylabel)
+            ax.set_title(run.label, fontsize="medium")
+        row[0].legend(fontsize="small")
+    return figure
+
+
+def mean_history(run_dir: Path, strategy: str, round_index: int) -> pd.DataFrame | None:
+    """The learning curve (history.csv) of one round averaged over the trials that finished it, or None."""
+    frames = [pd.read_csv(directory / "history.csv")
+              for directory in sorted(Path(run_dir).glob(f"trial_*/{strategy}/round_{round_index:02d}"))
+              if results.is_finished(directory)]
+    return pd.concat(frames).groupby("iteration").mean().reset_index() if frames else None
+
+
+def curve_rounds(ticket: pd.DataFrame) -> list[int]:
+    """The winning ticket's rounds nearest (in log %) to `CURVE_TARGETS`, and the sparsest one."""
+    if ticket.empty:
+        return []
+    log_remaining = np.log(ticket["remaining"])
+    chosen = {int((log_remaining - math.log(target)).abs().idxmin()) for target in CURVE_TARGETS}
+    return sorted(chosen | {int(ticket.index.max())})
+
+
+def learning_curve_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
+    """Rows = runs; validation and test accuracy vs iteration for selected levels (colour), winning ticket
+    solid, random reinit dashed."""
+    figure, axes = new_figure(len(runs), 2, (5.5, 3.8))
+    for row, run in zip(axes, runs):
+        ticket = strategy_rounds(rounds, run.label, TICKET)
+        chosen = curve_rounds(ticket)
+        colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(chosen), 1)))
+        for color, round_index in zip(colors, chosen):
+            for strategy, style in ((TICKET, "-"), (REINIT, "--")):
+                history = mean_history(run.directory, strategy, round_index)
+                if history is None:
+                    continue
+                label = f"{ticket.at[round_index, 'remaining']:.3g}%" if strategy == TICKET else None
+                for ax, column in zip(row, ("val_acc", "test_acc")):
+                    ax.plot(history["iteration"], history[column], linestyle=style, color=color, label=label)
+        for ax, name in zip(row, ("validation", "test")):
+            ax.set_xlabel("training iteration")
+            ax.set_ylabel(f"{name} accuracy (%)")
+            ax.set_title(f"{run.label}: {name}", fontsize="medium")
+            ax.grid(True, alpha=0.3)
+        styles = [Line2D([], [], color="black", linestyle="-", label=LABELS[TICKET]),
+                  Line2D([], [], color="black", linestyle="--", label=LABELS[REINIT])]
+        handles, _ = row[0].get_legend_handles_labels()
+        row[0].legend(handles=handles + styles, fontsize="small", title="weights remaining")
+    return figure
+
+
+def beyond_accuracy_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
+    return metric_figure(runs, rounds, [("generalization_gap", "generalization gap (train − test, points)"),
+                                        ("ece", "ECE (test split, 15 bins)"),
+                                        ("train_seconds", "training wall time per round (s)")])
+
+
+FIGURE_BUILDERS: dict[str, Callable[[list[Run], pd.DataFrame], Figure]] = {
+    "test_accuracy": lambda runs, rounds: metric_figure(
+        runs, rounds, [("test_acc", "test accuracy at early stop (%)")], dense_line=True),
+    "early_stop_iteration": lambda runs, rounds: metric_figure(
+        runs, rounds, [("es_iteration", "early-stop iteration")]),
+    "learning_curves": learning_curve_figure,
+    "beyond_accuracy": beyond_accuracy_figure,
+}
+
+
+def save_figure(figure: Figure, directory: Path, stem: str) -> None:
+    for suffix in (".png", ".svg"):
+        with atomic_path(directory / f"{stem}{suffix}") as tmp:
+            figure.savefig(tmp, dpi=150)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def default_report_dir(run_dirs: list[Path]) -> Path:
+    """`<run_dir>/report` for one run, `<common parent>/report` for several."""
+    return Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else common_parent(run_dirs) / "report"
+
+
+def write_report(run_dirs: list[Path], output_dir: Path | None = None) -> Path:
+    """Write report.md, rounds.csv, summary.csv and the figures (PNG + SVG) for `run_dirs`; returns the folder.
+
+    Default folder: `default_report_dir`. Raises when a folder is not a run directory or no round has finished.
+    """
+    run_dirs = list(dict.fromkeys(Path(run_dir) for run_dir in run_dirs))
+    if not run_dirs:
+        raise ValueError("no run directory given")
+    runs = load_runs(run_dirs)
+    frame = pd.concat([run.results for run in runs], ignore_index=True)
+    if frame.empty:
+        raise ValueError(f"no finished round in {', '.join(map(str, run_dirs))}; nothing to report yet")
+    report_dir = Path(output_dir) if output_dir is not None else default_report_dir(run_dirs)
+    rounds = aggregate_rounds(frame)
+    summary = study_summary(rounds, [run.label for run in runs])
+    write_csv(report_dir / "rounds.csv", rounds)
+    write_csv(report_dir / "summary.csv", summary)
+    for stem, build in FIGURE_BUILDERS.items():
+        save_figure(build(runs, rounds), report_dir, stem)
+    with atomic_path(report_dir / "report.md") as tmp:
+        tmp.write_text(markdown_report(runs, rounds, summary))
+    return report_dir

@@ -1,0 +1,60 @@
+"""Presets, overrides, validation and the run hash."""
+
+import pytest
+
+from lottery_keras import config
+
+
+def test_es667_preset_matches_the_study():
+    exp = config.from_preset("es667", "mnist", "lenet300_100")
+    assert (exp.init, exp.learning_rate, exp.batch_size, exp.iterations, exp.rounds) == \
+        ("he_normal", 1.2e-3, 60, 40_000, 16)
+    assert exp.rates_by_kind == {"fc": 0.3, "conv": 0.3, "output": 0.3}
+    assert exp.eval_every == 55_000 // 60 and not exp.augment
+    cifar = config.from_preset("es667", "cifar10", "conv6")
+    assert cifar.batch_size == 128 and cifar.augment and cifar.eval_every == 45_000 // 128
+
+
+def test_frankle2019_preset_matches_the_paper():
+    lenet = config.from_preset("frankle2019", "mnist", "lenet300_100")
+    assert (lenet.init, lenet.learning_rate, lenet.iterations, lenet.eval_every) == \
+        ("glorot_normal", 1.2e-3, 50_000, 100)
+    assert lenet.rates_by_kind == {"fc": 0.2, "conv": 0.1, "output": 0.1}
+    conv6 = config.from_preset("frankle2019", "cifar10", "conv6")
+    assert (conv6.learning_rate, conv6.iterations, conv6.prune_conv) == (3e-4, 30_000, 0.15)
+
+
+def test_overrides_and_prune_rate_shorthand():
+    exp = config.from_preset("es667", "mnist", "lenet5", prune_rate=0.2, prune_output=0.1, batch_size=100, seed=None)
+    assert exp.rates_by_kind == {"fc": 0.2, "conv": 0.2, "output": 0.1}
+    assert exp.eval_every == 550 and exp.seed == 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"prune_fc": 1.0}, "strictly between 0 and 1"),
+    ({"rounds": 0}, "at least 1"),
+    ({"learning_rate": 0.0}, "positive"),
+    ({"batch_size": 70_000}, "exceeds"),
+    ({"init": "zeros"}, "unknown init"),
+    ({"dropout": 0.5}, "unknown configuration field"),
+])
+def test_invalid_values_are_rejected_with_a_clear_message(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config.from_preset("es667", "mnist", "lenet300_100", **overrides)
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="unknown preset"):
+        config.from_preset("mine", "mnist", "lenet5")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        config.from_preset("es667", "svhn", "lenet5")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        config.from_preset("es667", "mnist", "vgg19")
+
+
+def test_the_hash_names_the_run_and_ignores_only_the_number_of_rounds():
+    base = config.from_preset("es667", "fashion", "lenet_fc")
+    assert base.run_name.startswith("fashion_mnist-lenet300_100-")
+    assert base.run_name == config.from_preset("es667", "fashion_mnist", "lenet300_100", rounds=3).run_name
+    for change in ({"seed": 1}, {"learning_rate": 1e-3}, {"prune_fc": 0.2}, {"precision": "bfloat16"}):
+        assert config.from_preset("es667", "fashion", "lenet_fc", **change).run_name != base.run_name

@@ -1,0 +1,205 @@
+"""The IMP controller on tiny real MNIST runs: files, rewinding, controls, saved tickets, resume, CLI."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from lottery_keras import cli, config, imp, results
+from lottery_keras.storage import read_json, read_npz
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(rounds=3, iterations=60, eval_every=30, train_subset=600)
+
+
+def tiny_experiment(**overrides):
+    return config.from_preset("es667", "mnist", "lenet300_100", **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished_trial(tmp_path_factory):
+    """A three-round run of all strategies, plus the controller object that ran it."""
+    experiment = tiny_experiment()
+    options = imp.RunOptions(strategies=imp.STRATEGIES, verbose=False)
+    run_dir = imp.prepare_run_dir(experiment, tmp_path_factory.mktemp("run"))
+    trial = imp.TrialRun(experiment, imp.load_splits(experiment, None), run_dir, 0, options)
+    trial.run(imp.STRATEGIES)
+    return run_dir, trial
+
+
+def kernels(path):
+    model = keras.models.load_model(path)
+    return model, {layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in model.masked_layers()}
+
+
+def test_results_csv_has_the_expected_columns_and_remaining_sequence(finished_trial):
+    run_dir, _ = finished_trial
+    for strategy in imp.STRATEGIES:
+        table = pd.read_csv(run_dir / "trial_0" / strategy / "results.csv")
+        for column in ("round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc"):
+            assert column in table
+        assert table["remaining"].round(2).tolist() == [100.0, 70.0, 49.0]
+        assert table["round"].tolist() == [0, 1, 2]
+        assert table["es_iteration"].isin([30, 60]).all()
+        assert (table["test_acc"] > 50).all()
+
+
+def test_every_round_writes_its_files(finished_trial):
+    run_dir, _ = finished_trial
+    assert read_json(run_dir / "config.json")["experiment"]["iterations"] == 60
+    for strategy in imp.STRATEGIES:
+        for r in range(3):
+            directory = results.round_dir(run_dir, 0, strategy, r)
+            for name in ("ticket_init.keras", "ticket_trained.keras", "masks.npz", "history.csv", "metrics.json"):
+                assert (directory / name).is_file(), directory / name
+            history = pd.read_csv(directory / "history.csv")
+            assert history["iteration"].tolist() == [30, 60]
+
+
+def test_rewound_weights_are_theta0_at_survivors_and_zero_elsewhere(finished_trial):
+    run_dir, trial = finished_trial
+    theta0 = read_npz(run_dir / "trial_0" / "theta0.npz")
+    for strategy in ("magnitude_rewind", "random_rewind"):
+        model, start = kernels(results.round_dir(run_dir, 0, strategy, 2) / "ticket_init.keras")
+        masks = read_npz(results.round_dir(run_dir, 0, strategy, 2) / "masks.npz")
+        for layer in model.masked_layers():
+            original = next(value for path, value in theta0.items() if path.endswith(f"{layer.name}/kernel"))
+            np.testing.assert_array_equal(start[layer.name], original * masks[layer.name])
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.mask), masks[layer.name])
+
+
+def test_magnitude_masks_prune_the_smallest_trained_weights(finished_trial):
+    run_dir, _ = finished_trial
+    _, trained = kernels(results.round_dir(run_dir, 0, "magnitude_rewind", 1) / "ticket_trained.keras")
+    old = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", 1) / "masks.npz")
+    new = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", 2) / "masks.npz")
+    for name, w in trained.items():
+        dropped, kept = (old[name] == 1) & (new[name] == 0), new[name] == 1
+        assert np.abs(w[dropped]).max() <= np.abs(w[kept]).min()
+
+
+def test_magnitude_random_reuses_the_masks_with_different_weights(finished_trial):
+    run_dir, _ = finished_trial
+    for r in (1, 2):
+        rewind = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", r) / "masks.npz")
+        reinit = read_npz(results.round_dir(run_dir, 0, "magnitude_random", r) / "masks.npz")
+        for name in rewind:
+            np.testing.assert_array_equal(rewind[name], reinit[name])
+        _, w_rewind = kernels(results.round_dir(run_dir, 0, "magnitude_rewind", r) / "ticket_init.keras")
+        _, w_reinit = kernels(results.round_dir(run_dir, 0, "magnitude_random", r) / "ticket_init.keras")
+        for name in w_rewind:
+            survivors = rewind[name] == 1
+            assert not np.allclose(w_rewind[name][survivors], w_reinit[name][survivors])
+            assert np.all(w_reinit[name][~survivors] == 0)
+
+
+def test_random_rewind_masks_are_independent_of_the_magnitude_masks(finished_trial):
+    run_dir, _ = finished_trial
+    magnitude = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", 2) / "masks.npz")
+    random = read_npz(results.round_dir(run_dir, 0, "random_rewind", 2) / "masks.npz")
+    for name in magnitude:
+        assert magnitude[name].sum() == random[name].sum()
+        overlap = float((magnitude[name] * random[name]).sum() / magnitude[name].sum())
+        assert abs(overlap - 0.49) < 0.15, overlap  # independent masks at 49% density overlap ~49%
+
+
+def test_a_loaded_ticket_predicts_like_the_in_memory_model(finished_trial):
+    run_dir, trial = finished_trial
+    loaded = keras.models.load_model(results.round_dir(run_dir, 0, "random_rewind", 2) / "ticket_trained.keras")
+    x = trial.splits.x_test[:500]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), trial.model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_a_rerun_skips_finished_rounds(finished_trial):
+    run_dir, _ = finished_trial
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("metrics.json")}
+    imp.run_experiment(tiny_experiment(), run_dir.parent, options=imp.RunOptions(strategies=["all"], verbose=False))
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("metrics.json")} == before
+
+
+def test_more_rounds_extend_the_same_run_directory():
+    assert tiny_experiment(rounds=5).run_name == tiny_experiment().run_name
+    assert tiny_experiment(iterations=61).run_name != tiny_experiment().run_name
+
+
+def run_cli(*args, output_dir):
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, "--output-dir", str(output_dir), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def test_kill_and_resume_gives_the_same_results(tmp_path):
+    args = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "all", "--rounds", "3",
+            "--iterations", "600", "--eval-every", "200", "--train-subset", "3000", "--no-tfmot-check"]
+    reference = run_cli(*args, output_dir=tmp_path / "straight")
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+
+    interrupted = run_cli(*args, output_dir=tmp_path / "killed")
+    deadline = time.time() + 600
+    while not list((tmp_path / "killed").glob("*/trial_0/magnitude_rewind/round_01/metrics.json")):
+        assert interrupted.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert not list((tmp_path / "killed").glob("*/trial_0/random_rewind/round_02/metrics.json"))
+
+    resumed = run_cli(*args, output_dir=tmp_path / "killed")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    for strategy in imp.STRATEGIES:
+        straight, = (tmp_path / "straight").glob(f"*/trial_0/{strategy}/results.csv")
+        killed, = (tmp_path / "killed").glob(f"*/trial_0/{strategy}/results.csv")
+        a, b = (pd.read_csv(p).drop(columns="train_seconds") for p in (straight, killed))
+        pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "imagenet", "--arch", "lenet5"], "invalid choice: 'imagenet'"),
+    (["--dataset", "mnist", "--arch", "resnet"], "invalid choice: 'resnet'"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--strategy", "best"], "invalid choice: 'best'"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--prune-rate", "1.5"], "strictly between 0 and 1"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--prune-fc", "0"], "strictly between 0 and 1"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--rounds", "0"], "must be at least 1"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr", "-1"], "must be positive"),
+])
+def test_bad_arguments_exit_nonzero_with_a_message(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code != 0
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_output_dir_is_a_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code = cli.main(["--dataset", "mnist", "--arch", "lenet300_100", "--output-dir", str(blocker), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("error: cannot write the run directory") and "--output-dir" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_missing_data_is_a_one_line_error_from_the_real_command(tmp_path):
+    env = {**os.environ, "LOTTERY_KERAS_DATA_DIR": str(tmp_path / "nowhere"), "TFDS_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "run.py"), "--dataset", "cifar10", "--arch", "conv2",
+                           "--output-dir", str(tmp_path), "--quiet"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cifar10 was not found") and "LOTTERY_KERAS_DATA_DIR" in last
+    assert "Traceback" not in done.stderr
+
+
+def test_dry_run_prints_the_configuration_and_run_directory(tmp_path, capsys):
+    assert cli.main(["--dataset", "fashion", "--arch", "lenet_conv", "--preset", "frankle2019", "--dry-run",
+                     "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    experiment = config.from_preset("frankle2019", "fashion_mnist", "lenet5")
+    assert str(tmp_path / experiment.run_name) in out
+    assert "prune_output: 0.1" in out and "learning_rate: 0.0012" in out
+    assert not any(tmp_path.iterdir())
