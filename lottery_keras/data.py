@@ -1,7 +1,8 @@
 """Datasets: MNIST, Fashion-MNIST and CIFAR-10 as normalised in-memory train / validation / test splits.
 
-Sources, in order: an explicit data folder (`--data-dir` or `$LOTTERY_KERAS_DATA_DIR`), well-known system
-folders (Debian's `dataset-fashion-mnist`), then `tensorflow_datasets` for machines with internet. Files are read
+Sources, in order: an explicit data folder (`--data-dir` or `$LOTTERY_KERAS_DATA_DIR`), well-known local
+folders (`./data`, `shared/datasets` beside a source checkout, Debian's `dataset-fashion-mnist`), then
+`tensorflow_datasets` for machines with internet. Files are read
 in their standard formats (IDX, CIFAR-10 binary batches) and validated; a bad file is an error that names it,
 never a silent fallback.
 """
@@ -17,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 DATA_DIR_ENV = "LOTTERY_KERAS_DATA_DIR"
+# Well-known local roots after the explicit ones: ./data, and the `shared/datasets` folder that sits beside a
+# source checkout on the project's offline machines.
+WELL_KNOWN_ROOTS = (Path("data"), Path(__file__).resolve().parents[2] / "shared" / "datasets")
 VALIDATION_SEED = 42  # the held-out validation set is the same for every experiment and trial
 
 
@@ -208,7 +212,7 @@ def _read_cifar_tarball(path: Path) -> dict[str, tuple[bytes, str]]:
 
 def candidate_folders(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> list[Path]:
     """Where to look for a dataset's files, in order of preference."""
-    roots = [Path(p) for p in (data_dir, os.environ.get(DATA_DIR_ENV)) if p]
+    roots = [Path(p) for p in (data_dir, os.environ.get(DATA_DIR_ENV)) if p] + list(WELL_KNOWN_ROOTS)
     folders = [root / name for root in roots for name in spec.folder_names]
     return folders + [Path(p) for p in spec.system_folders]
 
