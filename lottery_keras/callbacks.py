@@ -44,8 +44,9 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         self.iterations = iterations
         self.test_every_eval = test_every_eval
         self.eval_batch_size = eval_batch_size
-        self._splits = {name: (tf.constant(x), np.asarray(y)) for name, (x, y) in
-                        (("val", validation), ("test", test), ("train", train)) if x is not None}
+        splits = {"val": validation, "test": test, "train": train}
+        self._splits = {name: (tf.constant(split[0]), np.asarray(split[1]))
+                        for name, split in splits.items() if split is not None}
         self.history: list[dict] = []
         self.best_weights: list[np.ndarray] | None = None
         self.result: dict = {}

@@ -13,9 +13,9 @@ import hashlib
 import json
 
 from lottery_keras.data import DATASETS, canonical_name
-from lottery_keras.models import INITIALIZERS, canonical_arch
+from lottery_keras.models import INITIALIZERS, PRECISION_POLICIES, canonical_arch
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = tuple(PRECISION_POLICIES)
 PRUNING_SCOPES = ("layerwise", "global")
 
 

@@ -110,9 +110,10 @@ def _ticket_class(path: Path, config: dict) -> type:
     registered = config.get("registered_name") or config.get("class_name")
     cls = keras.saving.get_registered_object(registered) if isinstance(registered, str) else None
     if not (isinstance(cls, type) and issubclass(cls, MaskedModel)):
-        kind = config.get("class_name", "an unknown object")
-        raise TicketError(f"{path} holds a Keras {kind} model, not a lottery_keras ticket (a masked model such "
-                          f"as LeNetFC, LeNet5 or ConvNet)")
+        kind = config.get("class_name")
+        what = f"a Keras {kind} object" if isinstance(kind, str) else "an unrecognised Keras object"
+        raise TicketError(f"{path} holds {what}, not a lottery_keras ticket (a masked model such as LeNetFC, "
+                          "LeNet5 or ConvNet)")
     return cls
 
 

@@ -100,7 +100,7 @@ class TrialRun:
         self.exp, self.splits, self.run_dir, self.trial, self.options = experiment, splits, run_dir, trial, options
         self.seed = experiment.seed + trial
         self.model = build_model(experiment.arch, splits.input_shape, splits.num_classes, experiment.init,
-                                 self.seed)
+                                 self.seed, experiment.precision)
         compile_model(self.model, experiment.learning_rate)
         self.layer_names = [layer.name for layer in self.model.masked_layers()]
         conv_names = {layer.name for layer in self.model.masked_layers() if isinstance(layer, MaskedConv2D)}
@@ -196,7 +196,7 @@ class TrialRun:
         if strategy != "magnitude_random":
             return self.theta0
         fresh = build_model(self.exp.arch, self.splits.input_shape, self.splits.num_classes, self.exp.init,
-                            derived_seed(self.seed, round_index, "reinit"))
+                            derived_seed(self.seed, round_index, "reinit"), self.exp.precision)
         return {v.path: keras.ops.convert_to_numpy(v) for v in fresh.trainable_weights}
 
     def _set_start(self, weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:

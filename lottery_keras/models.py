@@ -167,10 +167,23 @@ def canonical_arch(name: str) -> str:
     return key
 
 
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int = 10, init: str = "glorot_normal",
-                seed: int | None = None) -> MaskedModel:
-    """Create an architecture by name and build its variables (θ0 is drawn here, from `seed`)."""
-    model = ARCHITECTURES[canonical_arch(arch)](num_classes=num_classes, init=init, seed=seed,
-                                                name=canonical_arch(arch))
-    model.build((None, *input_shape))
+                seed: int | None = None, precision: str = "float32") -> MaskedModel:
+    """Create an architecture by name and build its variables (θ0 is drawn here, from `seed`).
+
+    `precision="bfloat16"` computes in bfloat16 with float32 variables (Keras's "mixed_bfloat16" policy).
+    """
+    if precision not in PRECISION_POLICIES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISION_POLICIES)}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISION_POLICIES[precision])  # sublayers take the policy at construction
+    try:
+        model = ARCHITECTURES[canonical_arch(arch)](num_classes=num_classes, init=init, seed=seed,
+                                                    name=canonical_arch(arch))
+        model.build((None, *input_shape))
+    finally:
+        keras.config.set_dtype_policy(previous)
     return model

@@ -364,8 +364,9 @@ def learning_curve_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
             ax.grid(True, alpha=0.3)
         styles = [Line2D([], [], color="black", linestyle="-", label=LABELS[TICKET]),
                   Line2D([], [], color="black", linestyle="--", label=LABELS[REINIT])]
-        handles, _ = row[0].get_legend_handles_labels()
-        row[0].legend(handles=handles + styles, fontsize="small", title="weights remaining")
+        handles, _ = row[0].get_legend_handles_labels()  # one per level, from the winning ticket's curves
+        row[1].legend(handles=handles + styles, fontsize="small", title="weights remaining", loc="center left",
+                      bbox_to_anchor=(1.02, 0.5))
     return figure
 
 
