@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: keep its start-up chatter out
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: keep its start-up chatter out
 
 COMMANDS = ("run", "report", "export")
 
@@ -91,6 +92,27 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory")
 
 
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished or partly finished run directories")
+    parser.add_argument("--output-dir", help="where report.md, figures and tables go "
+                                             "(default: RUN_DIR/report for one run, else beside the runs)")
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="RUN_DIR_OR_TICKET", help="a run directory, a round directory or a "
+                                                                     ".keras ticket")
+    parser.add_argument("--round", type=int, dest="round_index", help="round of a run directory (default: the "
+                                                                      "last finished one; 0 = dense)")
+    parser.add_argument("--strategy", default="magnitude_rewind", help="strategy of a run directory")
+    parser.add_argument("--trial", type=int, default=0, help="trial of a run directory")
+    parser.add_argument("--formats", default="float,sparse,int8", help="comma-separated: float, sparse, int8")
+    parser.add_argument("--output-dir", help="where the .tflite files and export.csv go (default: beside the "
+                                             "ticket)")
+    parser.add_argument("--dataset", help="test data for a ticket outside a run directory (default: the run's)")
+    parser.add_argument("--data-dir", help="folder holding the datasets (as for `run`)")
+    parser.add_argument("--test-limit", type=_positive_int, metavar="N", help="evaluate on the first N test images")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py",
@@ -101,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run iterative magnitude pruning; a run started again with the same "
                                           "arguments resumes after its last finished round.")
     _add_run_arguments(run)
+    report = commands.add_parser("report", help="tables, figures and report.md from run directories",
+                                 description="Summarise finished (or partly finished) runs: accuracy and "
+                                             "early-stop iteration vs weights remaining, learning curves, "
+                                             "study tables.")
+    _add_report_arguments(report)
+    export = commands.add_parser("export", help="export a ticket to TFLite and check it on the edge runtime",
+                                 description="Strip a ticket's masks, convert it to TFLite (float, sparse, int8), "
+                                             "run each file with LiteRT on the test set and write export.csv.")
+    _add_export_arguments(export)
     return parser
 
 
@@ -131,6 +162,37 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from lottery_keras import report
+
+    folder = report.write_report([Path(p) for p in args.run_dirs], Path(args.output_dir) if args.output_dir else None)
+    print(f"report written to {folder / 'report.md'}")
+    return 0
+
+
+def _dataset_of(ticket: Path) -> str:
+    """The dataset of the run a ticket belongs to (round → strategy → trial → run directory)."""
+    from lottery_keras import imp
+
+    for run_dir in ticket.parents[:4]:
+        if (run_dir / "config.json").is_file():
+            return imp.recorded_experiment(run_dir).dataset
+    raise ValueError(f"{ticket} is not inside a run directory; pass --dataset to say which test data to use")
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from lottery_keras import data, export
+
+    ticket = export.resolve_ticket(Path(args.target), args.round_index, args.strategy, args.trial)
+    splits = data.load(args.dataset or _dataset_of(ticket), args.data_dir)
+    formats = [name.strip() for name in args.formats.split(",") if name.strip()]
+    output_dir = Path(args.output_dir) if args.output_dir else ticket.parent
+    table = export.export_ticket(ticket, splits, formats, output_dir, args.test_limit)
+    print(f"{ticket} → {output_dir}")
+    print(table.drop(columns=["file", "ticket"]).to_string(index=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
@@ -141,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     from lottery_keras.pruning import PruningCrossCheckError
 
     try:
-        return {"run": command_run}[args.command](args)
+        return {"run": command_run, "report": command_report, "export": command_export}[args.command](args)
     except (ValueError, DataError, OSError, PruningCrossCheckError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -210,13 +210,13 @@ def markdown_table(frame: pd.DataFrame, digits: dict[str, int] | None = None) ->
     return "\n".join(lines)
 
 
-def round_table(ticket_rows: pd.DataFrame) -> pd.DataFrame:
+def round_table(strategy_rows: pd.DataFrame) -> pd.DataFrame:
     """The per-round markdown view of one strategy's aggregated rounds."""
     columns = {"remaining": "remaining %", "trials": "trials", "es_iteration_mean": "ES iteration",
                "test_acc_mean": "test acc", "test_acc_min": "test min", "test_acc_max": "test max",
                "val_acc_mean": "val acc", "final_test_acc_mean": "final test acc",
                "generalization_gap_mean": "gen. gap", "ece_mean": "ECE", "train_seconds_mean": "train s"}
-    return ticket_rows[list(columns)].rename(columns=columns).reset_index()
+    return strategy_rows[list(columns)].rename(columns=columns).reset_index()
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
@@ -255,7 +255,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         f"*Winning-ticket range*: the sparsest remaining % such that every round of the winning ticket from dense "
         f"down to it has mean test accuracy ≥ dense − {TICKET_TOLERANCE:g} points. *Rewind vs reinit* and "
         "*magnitude vs random* compare mean test accuracy at the sparsest level both strategies reached; "
-        "empty cells: a strategy was not run. Table: [summary.csv](summary.csv).",
+        "empty cells: that strategy has no finished round. Table: [summary.csv](summary.csv).",
         summary_markdown(summary),
     ]
     for stem, caption in FIGURES.items():
@@ -306,6 +306,13 @@ def band_plot(ax, rounds: pd.DataFrame, run: str, metric: str) -> None:
                         color=line.get_color(), linewidth=0)
 
 
+def add_dense_line(ax, ticket: pd.DataFrame, metric: str) -> None:
+    """The winning ticket's round-0 mean as a horizontal dashed line, when round 0 has finished."""
+    if 0 in ticket.index:
+        ax.axhline(ticket.at[0, f"{metric}_mean"], color="gray", linestyle="--", linewidth=1,
+                   label="dense (winning ticket round 0)")
+
+
 def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str, str]],
                   dense_line: bool = False) -> Figure:
     """Rows = runs, columns = `panels` (metric, y label): mean and min–max band vs remaining %."""
@@ -313,14 +320,13 @@ def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str,
     for row, run in zip(axes, runs):
         for ax, (metric, ylabel) in zip(row, panels):
             band_plot(ax, rounds, run.label, metric)
-            ticket = strategy_rounds(rounds, run.label, TICKET)
-            if dense_line and 0 in ticket.index:
-                ax.axhline(ticket.at[0, f"{metric}_mean"], color="gray", linestyle="--", linewidth=1,
-                           label="dense (winning ticket round 0)")
+            if dense_line:
+                add_dense_line(ax, strategy_rounds(rounds, run.label, TICKET), metric)
             remaining_axis(ax, rounds.loc[rounds["run"] == run.label, "remaining"])
             ax.set_ylabel(ylabel)
             ax.set_title(run.label, fontsize="medium")
-        row[0].legend(fontsize="small")
+        if row[0].get_legend_handles_labels()[0]:  # a run with no finished round has nothing to label
+            row[0].legend(fontsize="small")
     return figure
 
 
@@ -409,11 +415,11 @@ def write_report(run_dirs: list[Path], output_dir: Path | None = None) -> Path:
     if not run_dirs:
         raise ValueError("no run directory given")
     runs = load_runs(run_dirs)
-    frame = pd.concat([run.results for run in runs], ignore_index=True)
-    if frame.empty:
+    frames = [run.results for run in runs if not run.results.empty]
+    if not frames:
         raise ValueError(f"no finished round in {', '.join(map(str, run_dirs))}; nothing to report yet")
     report_dir = Path(output_dir) if output_dir is not None else default_report_dir(run_dirs)
-    rounds = aggregate_rounds(frame)
+    rounds = aggregate_rounds(pd.concat(frames, ignore_index=True))
     summary = study_summary(rounds, [run.label for run in runs])
     write_csv(report_dir / "rounds.csv", rounds)
     write_csv(report_dir / "summary.csv", summary)
