@@ -73,7 +73,7 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         if not self.history:
             raise RuntimeError("training ended before the first evaluation; nothing was recorded")
         best = min(self.history, key=lambda r: r["val_loss"])
-        final_test = self._metrics("test")
+        final_test = self.history[-1] if self.test_every_eval else self._metrics("test")
         final_weights = self.model.get_weights()
         self.model.set_weights(self.best_weights)
         try:

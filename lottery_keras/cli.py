@@ -12,34 +12,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 COMMANDS = ("run", "report", "export")
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a fraction strictly between 0 and 1 (e.g. 0.2 for 20%%)")
-    return value
+def _checked(convert, valid, requirement: str):
+    """An argparse type: `convert` the text, then reject values that are not `valid` with `requirement`."""
+    noun = "a whole number" if convert is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{text} {requirement}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
+_rate = _checked(float, lambda v: 0.0 < v < 1.0, "is not a fraction strictly between 0 and 1 (e.g. 0.2 for 20%)")
+_positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
+_positive_float = _checked(float, lambda v: v > 0, "must be positive")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
