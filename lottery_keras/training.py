@@ -56,8 +56,9 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
 
 def epoch_permutation(seed: int, epoch, num_samples: int) -> tf.Tensor:
     """The sample order of one epoch: a deterministic function of (seed, epoch)."""
-    keys = tf.random.stateless_uniform([num_samples], seed=tf.stack([tf.cast(seed, tf.int64),
-                                                                     tf.cast(epoch, tf.int64)]))
+    # Integer keys: stateless float draws differ between XLA and plain TensorFlow, integer draws do not.
+    seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    keys = tf.random.stateless_uniform([num_samples], seed=seed, minval=None, maxval=None, dtype=tf.int64)
     return tf.argsort(keys, stable=True)
 
 
@@ -104,7 +105,9 @@ class CompiledLoop:
     def _run_steps(self, seed, first_step, num_steps):
         spe = tf.constant(self.steps_per_epoch, tf.int64)
         self._perm.assign(epoch_permutation(seed, first_step // spe, self.num_samples))
-        for step in tf.range(first_step, first_step + num_steps):
+        # A while loop on tensors, not tf.range: XLA would otherwise compile anew for every (first, count) pair.
+        step, last = first_step, first_step + num_steps
+        while step < last:
             position = step % spe
             if position == 0 and step != first_step:
                 self._perm.assign(epoch_permutation(seed, step // spe, self.num_samples))
@@ -115,6 +118,7 @@ class CompiledLoop:
             if self.augment:
                 images = augment_crop_flip(images, tf.stack([seed, step]))
             self.model.train_step((images, tf.gather(self.y, index)))
+            step += 1
 
 
 def chunk_ends(iterations: int, eval_every: int) -> list[int]:

@@ -1,0 +1,272 @@
+"""Masked layers and the architectures: sizes, masks, seeded θ0, initialisers, masks under training, saving."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from lottery_keras import layers, models, training
+
+MNIST_SHAPE, CIFAR_SHAPE = (28, 28, 1), (32, 32, 3)
+
+
+def random_masks(model: models.MaskedModel, keep: float, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: (rng.random(mask.shape) < keep).astype(np.float32) for name, mask in model.get_masks().items()}
+
+
+def kernels(model: models.MaskedModel) -> dict[str, np.ndarray]:
+    return {layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in model.masked_layers()}
+
+
+def biases(model: models.MaskedModel) -> dict[str, np.ndarray]:
+    return {layer.name: keras.ops.convert_to_numpy(layer.bias) for layer in model.masked_layers()}
+
+
+# ------------------------------------------------------------------------------------------------ architectures
+
+@pytest.mark.parametrize("arch, shape, prunable, names", [
+    ("lenet300_100", MNIST_SHAPE, 266_200, ["fc1", "fc2", "output"]),
+    ("lenet5", MNIST_SHAPE, 61_470, ["conv1", "conv2", "fc1", "fc2", "output"]),
+    ("conv2", CIFAR_SHAPE, 4_300_992, ["conv1", "conv2", "fc1", "fc2", "output"]),
+    ("conv4", CIFAR_SHAPE, 2_425_024, ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "output"]),
+    ("conv6", CIFAR_SHAPE, 2_261_184,
+     ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc1", "fc2", "output"]),
+])
+def test_prunable_weight_counts(arch, shape, prunable, names):
+    model = models.build_model(arch, shape, seed=0)
+    masked = model.masked_layers()
+    assert [layer.name for layer in masked] == names
+    assert sum(int(np.prod(layer.kernel.shape)) for layer in masked) == prunable
+    assert all(isinstance(layer, layers.MaskedLayer) for layer in masked)
+    # every weight is a kernel, a bias or a mask; masks start at one and are not trainable
+    n_bias = sum(int(np.prod(layer.bias.shape)) for layer in masked)
+    assert model.count_params() == 2 * prunable + n_bias
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == prunable + n_bias
+    assert all(np.all(mask == 1.0) for mask in model.get_masks().values())
+    out = model(np.zeros((2, *shape), np.float32))
+    assert tuple(out.shape) == (2, 10)
+
+
+def test_lenet300_100_layer_shapes():
+    model = models.build_model("lenet300_100", MNIST_SHAPE, seed=0)
+    assert [tuple(layer.kernel.shape) for layer in model.masked_layers()] == [(784, 300), (300, 100), (100, 10)]
+
+
+def test_lenet5_layer_shapes():
+    model = models.build_model("lenet5", MNIST_SHAPE, seed=0)
+    shapes = [tuple(layer.kernel.shape) for layer in model.masked_layers()]
+    assert shapes == [(5, 5, 1, 6), (5, 5, 6, 16), (400, 120), (120, 84), (84, 10)]
+
+
+@pytest.mark.parametrize("alias, canonical", [
+    ("lenet300_100", "lenet300_100"), ("LeNet-300-100", "lenet300_100"), ("lenet_fc", "lenet300_100"),
+    ("lenet_conv", "lenet5"), ("Conv6", "conv6"),
+])
+def test_architecture_aliases(alias, canonical):
+    assert models.canonical_arch(alias) == canonical
+
+
+def test_unknown_architecture_names_the_choices():
+    with pytest.raises(ValueError) as info:
+        models.build_model("resnet50", CIFAR_SHAPE)
+    message = str(info.value)
+    assert "resnet50" in message
+    for choice in ("lenet300_100", "lenet5", "conv2", "conv4", "conv6"):
+        assert choice in message
+    with pytest.raises(ValueError, match="depth"):
+        models.ConvNet(depth=3)
+
+
+def test_unknown_init_is_rejected():
+    with pytest.raises(ValueError, match="he_normal"):
+        models.build_model("lenet300_100", MNIST_SHAPE, init="uniform_please", seed=0)
+
+
+def test_num_classes():
+    model = models.build_model("lenet5", MNIST_SHAPE, num_classes=7, seed=0)
+    assert tuple(model(np.zeros((3, *MNIST_SHAPE), np.float32)).shape) == (3, 7)
+
+
+# ---------------------------------------------------------------------------------------------------- seeds
+
+@pytest.mark.parametrize("arch, shape", [("lenet300_100", MNIST_SHAPE), ("lenet5", MNIST_SHAPE)])
+def test_same_seed_same_theta0_different_seed_different_theta0(arch, shape):
+    first = models.build_model(arch, shape, seed=3).get_weights()
+    again = models.build_model(arch, shape, seed=3).get_weights()
+    other = models.build_model(arch, shape, seed=4).get_weights()
+    assert len(first) == len(again) == len(other)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    kernels_first = [w for w in first if w.ndim > 1 and not np.all(w == 1.0)]
+    kernels_other = [w for w in other if w.ndim > 1 and not np.all(w == 1.0)]
+    assert len(kernels_first) == len(models.build_model(arch, shape, seed=3).masked_layers())
+    for a, b in zip(kernels_first, kernels_other):
+        assert not np.allclose(a, b)
+
+
+def test_layers_of_one_model_draw_different_values():
+    model = models.build_model("lenet300_100", MNIST_SHAPE, seed=0)
+    fc1, fc2, _ = kernels(model).values()
+    assert not np.allclose(fc1[:300, :100], fc2)
+
+
+# ------------------------------------------------------------------------------------------------ initialisers
+
+@pytest.mark.parametrize("arch, shape, layer, fan_in", [
+    ("lenet300_100", MNIST_SHAPE, "fc1", 784),
+    ("lenet300_100", MNIST_SHAPE, "fc2", 300),
+    ("conv2", CIFAR_SHAPE, "conv2", 3 * 3 * 64),
+])
+def test_he_normal_std_is_sqrt_2_over_fan_in(arch, shape, layer, fan_in):
+    model = models.build_model(arch, shape, init="he_normal", seed=1)
+    kernel = kernels(model)[layer]
+    assert abs(float(kernel.mean())) < 0.05 * np.sqrt(2.0 / fan_in)
+    assert float(kernel.std()) == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.03)
+    # untruncated, like PyTorch's kaiming_normal_: values beyond 2 std occur (about 4.6%)
+    beyond = np.mean(np.abs(kernel) > 2 * np.sqrt(2.0 / fan_in))
+    assert 0.03 < beyond < 0.06
+
+
+def test_glorot_normal_std():
+    model = models.build_model("lenet300_100", MNIST_SHAPE, init="glorot_normal", seed=1)
+    kernel = kernels(model)["fc1"]
+    assert float(kernel.std()) == pytest.approx(np.sqrt(2.0 / (784 + 300)), rel=0.03)
+
+
+def test_biases_start_at_zero():
+    model = models.build_model("lenet5", MNIST_SHAPE, init="he_normal", seed=1)
+    assert all(np.all(bias == 0.0) for bias in biases(model).values())
+
+
+# ------------------------------------------------------------------------------------------------------ masks
+
+def test_set_masks_zeroes_the_pruned_kernels_and_keeps_the_rest():
+    model = models.build_model("lenet5", MNIST_SHAPE, seed=0)
+    before = kernels(model)
+    masks = random_masks(model, keep=0.3)
+    model.set_masks(masks)
+    after = kernels(model)
+    for name, mask in masks.items():
+        assert 0 < mask.sum() < mask.size
+        np.testing.assert_array_equal(model.get_masks()[name], mask)
+        assert np.all(after[name][mask == 0] == 0.0)
+        np.testing.assert_array_equal(after[name][mask == 1], before[name][mask == 1])
+    # the pruned network computes what the masked weights compute
+    x = np.random.default_rng(1).normal(size=(4, *MNIST_SHAPE)).astype(np.float32)
+    reference = models.build_model("lenet5", MNIST_SHAPE, seed=0)
+    for layer in reference.masked_layers():
+        layer.kernel.assign(before[layer.name] * masks[layer.name])
+    np.testing.assert_allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_set_masks_rejects_wrong_layer_names():
+    model = models.build_model("lenet300_100", MNIST_SHAPE, seed=0)
+    masks = random_masks(model, keep=0.5)
+    del masks["fc2"]
+    with pytest.raises(ValueError, match="fc2"):
+        model.set_masks(masks)
+    masks = {**random_masks(model, keep=0.5), "conv9": np.ones((3, 3))}
+    with pytest.raises(ValueError):
+        model.set_masks(masks)
+
+
+def test_masked_layers_alone():
+    dense = layers.MaskedDense(4, "relu", name="d")
+    out = dense(np.ones((2, 3), np.float32))
+    assert tuple(out.shape) == (2, 4)
+    assert not dense.mask.trainable and dense.kernel.trainable
+    dense.mask.assign(np.zeros((3, 4), np.float32))
+    dense.apply_mask()
+    np.testing.assert_array_equal(dense(np.ones((2, 3), np.float32)), np.zeros((2, 4)))  # zero bias, relu
+    conv = layers.MaskedConv2D(5, 3, "valid", name="c")
+    assert tuple(conv(np.ones((1, 8, 8, 2), np.float32)).shape) == (1, 6, 6, 5)
+    assert conv.compute_output_shape((None, 8, 8, 2)) == (None, 6, 6, 5)
+    same = layers.MaskedConv2D(5, 3, "same")
+    assert tuple(same(np.ones((1, 8, 8, 2), np.float32)).shape) == (1, 8, 8, 5)
+
+
+def test_masked_conv_matches_keras_conv():
+    rng = np.random.default_rng(0)
+    masked = layers.MaskedConv2D(4, 3, "same", "relu")
+    plain = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
+    x = rng.normal(size=(2, 9, 9, 3)).astype(np.float32)
+    masked(x), plain(x)
+    kernel, bias = rng.normal(size=(3, 3, 3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    masked.kernel.assign(kernel), masked.bias.assign(bias)
+    plain.set_weights([kernel, bias])
+    np.testing.assert_allclose(masked(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- masks under training
+
+def _assert_pruned_weights_are_zero(model, masks, start_kernels, start_biases):
+    end_kernels, end_biases = kernels(model), biases(model)
+    for name, mask in masks.items():
+        pruned = end_kernels[name][mask == 0]
+        assert pruned.size > 0 and np.all(pruned == 0.0), f"{name}: pruned weights moved"
+        kept_changed = np.mean(end_kernels[name][mask == 1] != start_kernels[name][mask == 1])
+        assert kept_changed > 0.5, f"{name}: the surviving weights did not train"
+        np.testing.assert_array_equal(model.get_masks()[name], mask)
+        assert np.all(np.isfinite(end_kernels[name]))
+    assert any(not np.array_equal(end_biases[n], start_biases[n]) for n in masks)  # biases train, unmasked
+
+
+@pytest.mark.parametrize("loop, jit", [("compiled", False), ("compiled", True), ("keras", None)])
+def test_pruned_weights_stay_exactly_zero_after_200_adam_steps(mnist_small, loop, jit):
+    model = models.build_model("lenet300_100", MNIST_SHAPE, seed=5)
+    masks = random_masks(model, keep=0.2, seed=1)
+    model.set_masks(masks)
+    training.compile_model(model, 1.2e-3)
+    start_kernels, start_biases = kernels(model), biases(model)
+    training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=200, batch_size=60,
+                   eval_every=100, seed=0, loop=loop, jit_compile=jit)
+    assert int(model.optimizer.iterations.numpy()) == 200
+    _assert_pruned_weights_are_zero(model, masks, start_kernels, start_biases)
+
+
+def test_pruned_conv_weights_stay_zero_with_augmentation(mnist_small):
+    model = models.build_model("lenet5", MNIST_SHAPE, seed=2)
+    masks = random_masks(model, keep=0.5, seed=2)
+    model.set_masks(masks)
+    training.compile_model(model, 1.2e-3)
+    start_kernels, start_biases = kernels(model), biases(model)
+    training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=40, batch_size=60,
+                   eval_every=20, seed=0, augment=True, jit_compile=False)
+    assert int(model.optimizer.iterations.numpy()) == 40
+    _assert_pruned_weights_are_zero(model, masks, start_kernels, start_biases)
+
+
+# ------------------------------------------------------------------------------------------------------ saving
+
+@pytest.mark.parametrize("arch", ["lenet300_100", "lenet5"])
+def test_masks_and_weights_survive_save_and_load(tmp_path, mnist_small, arch):
+    model = models.build_model(arch, MNIST_SHAPE, init="he_normal", seed=7)
+    masks = random_masks(model, keep=0.4, seed=3)
+    model.set_masks(masks)
+    training.compile_model(model, 1.2e-3)
+    training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=30, batch_size=60,
+                   eval_every=30, seed=1, jit_compile=False)
+    path = tmp_path / f"{arch}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    assert (loaded.name, loaded.init, loaded.seed) == (model.name, "he_normal", 7)
+    assert [layer.name for layer in loaded.masked_layers()] == [layer.name for layer in model.masked_layers()]
+    loaded_masks = loaded.get_masks()
+    assert set(loaded_masks) == set(masks)
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(loaded_masks[name], mask)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = mnist_small.x_test[:200]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+    # the loaded ticket keeps its masks when it trains on
+    training.compile_model(loaded, 1.2e-3)
+    training.train(loaded, mnist_small.x_train, mnist_small.y_train, iterations=20, batch_size=60,
+                   eval_every=20, seed=2, jit_compile=False)
+    for name, kernel in kernels(loaded).items():
+        assert np.all(kernel[masks[name] == 0] == 0.0)
+    assert not np.array_equal(kernels(loaded)["output"], kernels(model)["output"])
