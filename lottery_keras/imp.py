@@ -159,7 +159,7 @@ class TrialRun:
         else:
             counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
             new_masks = pruning.magnitude_prune(kernels, old_masks, counts)
-            self._cross_check(kernels, old_masks, new_masks, round_index, by_magnitude=True)
+            self._cross_check(old_masks, new_masks, round_index, kernels)
         return new_masks
 
     def _random_masks(self, old_masks: dict, round_index: int) -> dict[str, np.ndarray]:
@@ -171,16 +171,14 @@ class TrialRun:
         rng = np.random.default_rng(derived_seed(self.seed, round_index, "random_masks"))
         new_masks = pruning.random_prune(old_masks, counts, rng)
         if self.exp.pruning_scope == "layerwise":
-            self._cross_check(None, old_masks, new_masks, round_index, by_magnitude=False)
+            self._cross_check(old_masks, new_masks, round_index)
         return new_masks
 
-    def _cross_check(self, kernels, old_masks, new_masks, round_index: int, by_magnitude: bool) -> None:
-        if not self.options.check_tfmot:
-            return
-        for name in self.layer_names:
-            weights = kernels[name] if by_magnitude else np.abs(old_masks[name]) + 1.0
-            pruning.check_against_tfmot(name, weights, old_masks[name], new_masks[name], self.rates[name],
-                                        round_index, by_magnitude)
+    def _cross_check(self, old_masks, new_masks, round_index: int, kernels=None) -> None:
+        if self.options.check_tfmot:
+            for name in self.layer_names:
+                pruning.check_against_tfmot(name, old_masks[name], new_masks[name], self.rates[name], round_index,
+                                            None if kernels is None else kernels[name])
 
     # ------------------------------------------------------------------------------------------ weights
 

@@ -78,34 +78,43 @@ class PruningCrossCheckError(AssertionError):
     """Our mask disagrees with tensorflow-model-optimization's schedule or magnitude threshold."""
 
 
-def tfmot_magnitude_mask(weights: np.ndarray, sparsity: float) -> tuple[np.ndarray, float]:
-    """tfmot's mask for `weights` at `sparsity` and the sparsity its `ConstantSparsity` schedule reports
-    (its magnitude rule: keep the round(n · (1 − s)) largest |w|, and every tie with the last of them)."""
+def tfmot_schedule_sparsity(rate: float, prunings: int) -> float:
+    """The sparsity tfmot's `ConstantSparsity` schedule targets for this round's cumulative pruning."""
+    import tensorflow as tf
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
+
+    schedule = pruning_schedule.ConstantSparsity(target_sparsity(rate, prunings), begin_step=0, frequency=1)
+    return float(schedule(tf.constant(0, tf.int64))[1].numpy())
+
+
+def tfmot_magnitude_mask(weights: np.ndarray, sparsity: float) -> np.ndarray:
+    """tfmot's magnitude mask for `weights` at `sparsity`: the round(n · (1 − s)) largest |w| and every tie with
+    the last of them (the rule of its pruning implementation)."""
     import tensorflow as tf
     from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl, pruning_schedule
 
     schedule = pruning_schedule.ConstantSparsity(sparsity, begin_step=0, frequency=1)
     pruning = pruning_impl.Pruning(lambda: tf.constant(0, tf.int64), [], schedule, (1, 1), "AVG")
-    _, mask = pruning._update_mask(tf.constant(weights, tf.float32))
-    return mask.numpy(), float(schedule(tf.constant(0, tf.int64))[1].numpy())
+    return pruning._update_mask(tf.constant(weights, tf.float32))[1].numpy()
 
 
-def check_against_tfmot(name: str, weights: np.ndarray, old_mask: np.ndarray, new_mask: np.ndarray,
-                        rate: float, prunings: int, by_magnitude: bool) -> None:
-    """Raise `PruningCrossCheckError` unless `new_mask` keeps the count tfmot's schedule targets and, for
-    magnitude pruning, the weights tfmot's magnitude threshold keeps (ties at the threshold aside)."""
+def check_against_tfmot(name: str, old_mask: np.ndarray, new_mask: np.ndarray, rate: float, prunings: int,
+                        weights: np.ndarray | None = None) -> None:
+    """Raise `PruningCrossCheckError` unless `new_mask` keeps the count tfmot's schedule targets and, given the
+    trained `weights` (magnitude pruning), the weights tfmot's magnitude threshold keeps (ties aside)."""
     if np.any(new_mask > old_mask):
         raise PruningCrossCheckError(f"layer {name}: the new mask revives pruned weights")
-    masked = weights * old_mask
-    tf_mask, sparsity = tfmot_magnitude_mask(masked, target_sparsity(rate, prunings))
+    sparsity = tfmot_schedule_sparsity(rate, prunings)
     kept, schedule_count = int(new_mask.sum()), max(1, int(round(new_mask.size * (1.0 - sparsity))))
     exact = new_mask.size * (1.0 - rate) ** prunings
     float_rounding = abs(abs(exact - np.floor(exact)) - 0.5) < 1e-3  # float32 vs float64 at a .5 boundary
     if abs(kept - schedule_count) > float_rounding:
         raise PruningCrossCheckError(f"layer {name}: kept {kept} weights, tfmot's schedule at sparsity "
                                      f"{sparsity:.6f} keeps {schedule_count}")
-    if by_magnitude:
-        smaller, larger = (new_mask, tf_mask) if kept <= tf_mask.sum() else (tf_mask, new_mask)
-        if np.any(smaller > larger):
-            raise PruningCrossCheckError(f"layer {name}: the mask keeps other weights than tfmot's magnitude "
-                                         f"threshold ({int((new_mask != tf_mask).sum())} positions differ)")
+    if weights is None:
+        return
+    tf_mask = tfmot_magnitude_mask(weights * old_mask, sparsity)
+    smaller, larger = (new_mask, tf_mask) if kept <= tf_mask.sum() else (tf_mask, new_mask)
+    if np.any(smaller > larger):
+        raise PruningCrossCheckError(f"layer {name}: the mask keeps other weights than tfmot's magnitude "
+                                     f"threshold ({int((new_mask != tf_mask).sum())} positions differ)")

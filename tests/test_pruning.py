@@ -95,7 +95,7 @@ def test_masks_agree_with_tfmot(layers):
     for k in (1, 2):
         new = pruning.magnitude_prune(weights, masks, pruning.layerwise_counts(masks, rates, k))
         for name in masks:
-            pruning.check_against_tfmot(name, weights[name], masks[name], new[name], rates[name], k, True)
+            pruning.check_against_tfmot(name, masks[name], new[name], rates[name], k, weights[name])
         masks = new
 
 
@@ -104,7 +104,7 @@ def test_tfmot_cross_check_catches_a_wrong_mask(layers):
     counts = pruning.layerwise_counts(masks, dict.fromkeys(masks, 0.3), 1)
     wrong = pruning.random_prune(masks, counts, np.random.default_rng(0))  # right count, wrong weights
     with pytest.raises(pruning.PruningCrossCheckError, match="fc1"):
-        pruning.check_against_tfmot("fc1", weights["fc1"], masks["fc1"], wrong["fc1"], 0.3, 1, True)
+        pruning.check_against_tfmot("fc1", masks["fc1"], wrong["fc1"], 0.3, 1, weights["fc1"])
     too_many = pruning.magnitude_prune(weights, masks, {n: c - 5 for n, c in counts.items()})
     with pytest.raises(pruning.PruningCrossCheckError, match="kept"):
-        pruning.check_against_tfmot("fc2", weights["fc2"], masks["fc2"], too_many["fc2"], 0.3, 1, True)
+        pruning.check_against_tfmot("fc2", masks["fc2"], too_many["fc2"], 0.3, 1)
