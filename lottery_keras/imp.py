@@ -84,8 +84,10 @@ def save_ticket(model: MaskedModel, input_shape: tuple[int, ...], path: Path) ->
         clone.save(tmp)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunOptions:
+    """How to execute an experiment (none of it changes results, so none of it is in the run hash)."""
+
     strategies: Sequence[str] = STRATEGIES
     trials: int = 1
     check_tfmot: bool = True
