@@ -213,29 +213,26 @@ def _assert_pruned_weights_are_zero(model, masks, start_kernels, start_biases):
     assert any(not np.array_equal(end_biases[n], start_biases[n]) for n in masks)  # biases train, unmasked
 
 
-@pytest.mark.parametrize("loop, jit", [("compiled", False), ("compiled", True), ("keras", None)])
-def test_pruned_weights_stay_exactly_zero_after_200_adam_steps(mnist_small, loop, jit):
-    model = models.build_model("lenet300_100", MNIST_SHAPE, seed=5)
-    masks = random_masks(model, keep=0.2, seed=1)
+def _train_and_check_zeros(splits, arch, model_seed, keep, mask_seed, iterations, **train_options):
+    """Train `iterations` steps under a random mask; pruned weights must stay exactly zero."""
+    model = models.build_model(arch, MNIST_SHAPE, seed=model_seed)
+    masks = random_masks(model, keep=keep, seed=mask_seed)
     model.set_masks(masks)
     training.compile_model(model, 1.2e-3)
     start_kernels, start_biases = kernels(model), biases(model)
-    training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=200, batch_size=60,
-                   eval_every=100, seed=0, loop=loop, jit_compile=jit)
-    assert int(model.optimizer.iterations.numpy()) == 200
+    training.train(model, splits.x_train, splits.y_train, iterations=iterations, batch_size=60,
+                   eval_every=iterations // 2, seed=0, **train_options)
+    assert int(model.optimizer.iterations.numpy()) == iterations
     _assert_pruned_weights_are_zero(model, masks, start_kernels, start_biases)
+
+
+@pytest.mark.parametrize("loop, jit", [("compiled", False), ("compiled", True), ("keras", None)])
+def test_pruned_weights_stay_exactly_zero_after_200_adam_steps(mnist_small, loop, jit):
+    _train_and_check_zeros(mnist_small, "lenet300_100", 5, 0.2, 1, 200, loop=loop, jit_compile=jit)
 
 
 def test_pruned_conv_weights_stay_zero_with_augmentation(mnist_small):
-    model = models.build_model("lenet5", MNIST_SHAPE, seed=2)
-    masks = random_masks(model, keep=0.5, seed=2)
-    model.set_masks(masks)
-    training.compile_model(model, 1.2e-3)
-    start_kernels, start_biases = kernels(model), biases(model)
-    training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=40, batch_size=60,
-                   eval_every=20, seed=0, augment=True, jit_compile=False)
-    assert int(model.optimizer.iterations.numpy()) == 40
-    _assert_pruned_weights_are_zero(model, masks, start_kernels, start_biases)
+    _train_and_check_zeros(mnist_small, "lenet5", 2, 0.5, 2, 40, augment=True, jit_compile=False)
 
 
 # ------------------------------------------------------------------------------------------------------ saving
