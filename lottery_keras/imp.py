@@ -129,6 +129,7 @@ class TrialRun:
         else:
             masks = self._masks(strategy, round_index)
             self._train_round(strategy, round_index, masks, self._start_weights(strategy, round_index), directory)
+        write_csv(directory.parent / "results.csv", results.strategy_results(directory.parent))
         return directory
 
     @staticmethod
@@ -138,7 +139,6 @@ class TrialRun:
         shutil.copytree(source, staging)
         shutil.rmtree(directory, ignore_errors=True)  # an unfinished attempt
         staging.replace(directory)
-        write_csv(directory.parent / "results.csv", results.strategy_results(directory.parent))
 
     # ------------------------------------------------------------------------------------------ masks
 
@@ -230,7 +230,6 @@ class TrialRun:
             "round": round_index, "remaining": round(remaining, 4), **result,
             "generalization_gap": result["train_acc"] - result["test_acc"], "train_seconds": round(seconds, 3),
         })
-        write_csv(directory.parent / "results.csv", results.strategy_results(directory.parent))
 
 
 def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outputs",
