@@ -18,6 +18,11 @@ runtime bounded: a compiled loop whose call would last over `--max-call-s` runs 
 and a method whose step takes over `--slow-s` is reported from its probe step alone, marked `*` (XLA-compiled
 loops of convolutions on CPU: about a minute per Conv-6 step here).
 
+Each architecture is measured in its own child process, so that the toolkit's CPU thread plan for it
+(`parallelism.configure`: LeNet-5 on 2 cores runs 2 batch shards, one thread per operation) can be set before
+TensorFlow starts; stock `fit` runs in that same process, on unsharded batches. `--threads default` keeps
+TensorFlow's default thread pools (and so no shards) instead.
+
 Achieved GFLOP/s of the toolkit path uses the step's analytic arithmetic (see `step_flops`).
 
 Run from the repository root:
@@ -25,6 +30,7 @@ Run from the repository root:
     python benchmarks/bench_train.py --arch lenet5 --steps 1000 --reps 5
     python benchmarks/bench_train.py --arch conv6 --batch 128 --json   # one JSON list on stdout, nothing else
     python benchmarks/bench_train.py --save bench_train.json           # the table, and the JSON in a file
+    python benchmarks/bench_train.py --arch lenet5 --threads default   # without the CPU thread plan
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -45,7 +52,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lottery_keras import training  # noqa: E402
+from lottery_keras import parallelism, training  # noqa: E402
 from lottery_keras.models import MaskedModel, build_model, canonical_arch  # noqa: E402
 
 MNIST_SHAPE, CIFAR_SHAPE = (28, 28, 1), (32, 32, 3)
@@ -233,6 +240,8 @@ def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, method
     return {
         "arch": arch,
         "device": "gpu" if tf.config.list_logical_devices("GPU") else "cpu",
+        "toolkit_batch_shards": methods["toolkit"].model.batch_shards,
+        "threads_per_op": tf.config.threading.get_intra_op_parallelism_threads() or "default",
         "batch_size": batch_size,
         "num_samples": workload.num_samples,
         "stock_ms_per_step": median["stock"],
@@ -252,17 +261,18 @@ def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, method
 
 
 def format_table(rows: list[dict], device: str) -> str:
-    header = (f"{'arch':<13} {'batch':>5} {'stock ms/step':>13} {'toolkit ms/step':>15} {'speedup':>7} "
-              f"{'other-jit ms/step':>17} {'faster jit':>10} {'GFLOP/step':>10} {'toolkit GFLOP/s':>15}")
-    lines = [f"device: {device}; medians over interleaved repetitions; [jit_compile]; * = one probe step only",
-             header, "-" * len(header)]
+    header = (f"{'arch':<13} {'batch':>5} {'stock ms/step':>13} {'toolkit ms/step':>15} {'shards':>6} "
+              f"{'speedup':>7} {'other-jit ms/step':>17} {'faster jit':>10} {'GFLOP/step':>10} "
+              f"{'toolkit GFLOP/s':>15}")
+    lines = [f"device: {device}; medians over interleaved repetitions; [jit_compile]; * = one probe step only; "
+             "shards: toolkit batch shards (CPU thread plan)", header, "-" * len(header)]
     for r in rows:
         star = {name: "*" if steps == 0 else " " for name, steps in r["steps_per_call"].items()}
         lines.append(
             f"{r['arch']:<13} {r['batch_size']:>5} "
             f"{r['stock_ms_per_step']:>7.2f}{star['stock']}[{'T' if r['stock_jit'] else 'F'}] "
             f"{r['toolkit_ms_per_step']:>9.2f}{star['toolkit']}[{'T' if r['toolkit_jit'] else 'F'}] "
-            f"{r['speedup']:>6.2f}x "
+            f"{r['toolkit_batch_shards']:>6} {r['speedup']:>6.2f}x "
             f"{r['other_jit_ms_per_step']:>11.2f}{star['other_jit']}[{'T' if r['other_jit'] else 'F'}] "
             f"{str(r['faster_jit']):>10} {r['gflop_per_step']:>10.3f} {r['toolkit_gflops']:>15.1f}")
     return "\n".join(lines)
@@ -282,30 +292,52 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--slow-s", type=float, default=5.0,
                         help="a method whose step takes longer is reported from one probe step (default 5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", choices=["plan", "default"], default="plan",
+                        help="the toolkit's CPU thread plan per architecture (default), or TensorFlow's defaults")
     parser.add_argument("--json", action="store_true", help="print only a JSON list, one object per arch")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # a child: one arch
     parser.add_argument("--save", metavar="PATH", help="also write that JSON list to PATH")
     return parser.parse_args(argv)
 
 
+def measure_here(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """Measure the one architecture of `args` in this process (a child started by `measure_in_child`)."""
+    arch = canonical_arch(args.arch[0])
+    if args.threads == "plan":
+        parallelism.configure(arch)  # before the first TensorFlow operation
+    workload = WORKLOADS[arch]
+    return measure(arch, workload, args.batch, args.steps or workload.steps, args.chunk, args.reps, args.seed,
+                   args.max_call_s, args.slow_s, log)
+
+
+def measure_in_child(arch: str, args: argparse.Namespace) -> dict:
+    """Measure one architecture in a fresh process (thread pools are fixed once TensorFlow starts): it logs to
+    our stderr unless we print JSON, and prints its row as JSON on stdout."""
+    options = ["--batch", args.batch, "--chunk", args.chunk, "--reps", args.reps, "--max-call-s", args.max_call_s,
+               "--slow-s", args.slow_s, "--seed", args.seed, "--threads", args.threads]
+    if args.steps:
+        options += ["--steps", args.steps]
+    command = [sys.executable, __file__, "--arch", arch, "--in-process", *map(str, options)]
+    if args.json:
+        command.append("--json")
+    return json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    archs = [canonical_arch(name) for name in args.arch]
-    device = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
     log = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    if args.in_process:
+        print(json.dumps(measure_here(args, log)))
+        return
     started = time.perf_counter()
-    rows = []
-    for arch in archs:
-        workload = WORKLOADS[arch]
-        rows.append(measure(arch, workload, args.batch, args.steps or workload.steps, args.chunk, args.reps,
-                            args.seed, args.max_call_s, args.slow_s, log))
-        keras.backend.clear_session()
+    rows = [measure_in_child(canonical_arch(name), args) for name in args.arch]
     if args.save:
         with open(args.save, "w") as f:
             json.dump(rows, f, indent=1)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(format_table(rows, device))
+        print(format_table(rows, rows[0]["device"] if rows else "cpu"))
         print(f"total time {time.perf_counter() - started:.0f} s")
 
 

@@ -132,7 +132,7 @@ _EXPERIMENT_FIELDS = ("rounds", "iterations", "batch_size", "learning_rate", "pr
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from lottery_keras import config, imp
+    from lottery_keras import config, imp, parallelism
 
     experiment = config.from_preset(args.preset, args.dataset, args.arch,
                                     **{name: getattr(args, name) for name in _EXPERIMENT_FIELDS})
@@ -145,6 +145,10 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"strategies: {', '.join(strategies)}; trials: {args.trials}")
         print(f"run directory: {run_dir}")
         return 0
+    plan = parallelism.configure(experiment.arch)  # before TensorFlow's runtime starts
+    if plan is not None and not args.quiet:
+        print(f"CPU plan: batches in {plan.batch_shards} shards on {plan.inter_op_threads} cores, "
+              f"{plan.intra_op_threads} thread per operation")
     options = imp.RunOptions(strategies=strategies, trials=args.trials, check_tfmot=args.check_tfmot,
                              loop=args.loop, verbose=not args.quiet)
     run_dir = imp.run_experiment(experiment, args.output_dir, args.data_dir, options)

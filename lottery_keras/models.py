@@ -30,13 +30,21 @@ def kernel_initializer(name: str, seed: int | None, layer_index: int):
 
 
 class MaskedModel(keras.Model):
-    """Base class: masked-layer bookkeeping and the masked training step."""
+    """Base class: masked-layer bookkeeping, the masked training step, and batch sharding.
+
+    Subclasses define the network in `forward`. `call` runs it on `batch_shards` consecutive parts of the batch
+    and concatenates the outputs: the parts are independent chains of operations, so TensorFlow's inter-op
+    threads run them on different cores at once (see `parallelism.py`, which sets `batch_shards`). The loss of the
+    concatenated outputs, and so every gradient, is the whole batch's, up to float summation order.
+    `batch_shards` is an execution setting, not part of the saved configuration.
+    """
 
     def __init__(self, num_classes: int = 10, init: str = "glorot_normal", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.init = init
         self.seed = seed
+        self.batch_shards = 1
         self._layer_count = 0
 
     def _kernel_init(self):
@@ -47,6 +55,18 @@ class MaskedModel(keras.Model):
         # Subclassed models have no graph to infer shapes from: one forward pass creates every layer's variables
         # (also what `keras.models.load_model` relies on to restore a saved ticket).
         self.call(keras.ops.zeros((1, *input_shape[1:])))
+
+    def call(self, inputs):
+        batch = inputs.shape[0]  # shards need a batch size known when the graph is built
+        if self.batch_shards == 1 or batch is None or batch < self.batch_shards:
+            return self.forward(inputs)
+        bounds = [batch * i // self.batch_shards for i in range(self.batch_shards + 1)]
+        parts = [self.forward(inputs[start:end]) for start, end in zip(bounds, bounds[1:])]
+        return keras.ops.concatenate(parts, axis=0)
+
+    def forward(self, x):
+        """The network on one shard of the batch."""
+        raise NotImplementedError
 
     def masked_layers(self) -> list[MaskedLayer]:
         """Prunable layers in forward order (the last one is the output layer)."""
@@ -89,7 +109,7 @@ class LeNetFC(MaskedModel):
                    for i, units in enumerate(self.hidden)]
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
-    def call(self, x):
+    def forward(self, x):
         x = self.flatten(x)
         for layer in self.fc:
             x = layer(x)
@@ -113,7 +133,7 @@ class LeNet5(MaskedModel):
         self.fc2 = MaskedDense(84, "relu", self._kernel_init(), name="fc2")
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
-    def call(self, x):
+    def forward(self, x):
         x = self.pool(self.conv1(x))
         x = self.flatten(self.pool(self.conv2(x)))
         return self.out(self.fc2(self.fc1(x)))
@@ -137,7 +157,7 @@ class ConvNet(MaskedModel):
         self.fc = [MaskedDense(256, "relu", self._kernel_init(), name=f"fc{i + 1}") for i in range(2)]
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
-    def call(self, x):
+    def forward(self, x):
         for i in range(0, self.depth, 2):
             x = self.pool(self.convs[i + 1](self.convs[i](x)))
         x = self.flatten(x)

@@ -4,7 +4,8 @@ The default path (`loop="compiled"`) keeps the whole training split on the devic
 per host round-trip inside one `tf.function`: each step draws its batch from an on-device, per-epoch permutation
 (stateless RNG keyed by seed and epoch, so any step's batch is reproducible and a run can resume anywhere),
 optionally augments it on the device, and calls the model's own `train_step` (optimizer update, then masks).
-The function is XLA-compiled where that measured faster (`JIT_BY_DEFAULT`). Callbacks see the same
+The function is XLA-compiled where that measured faster (`JIT_BY_DEFAULT`), and the batch is split into shards
+that run on different cores where the process's thread plan says so (`parallelism.py`). Callbacks see the same
 `on_train_batch_end` calls as under `fit`, once per chunk, with the step count read from the optimizer.
 
 `loop="keras"` runs stock `keras.Model.fit` on numpy arrays with the same `train_step` and callbacks: the
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lottery_keras import parallelism
 from lottery_keras.models import MaskedModel
 
 # XLA helps where per-op overhead dominates (small dense nets); on CPU, oneDNN convolutions beat XLA's.
@@ -86,8 +88,9 @@ class CompiledLoop:
     """Runs training steps of one model on device-resident data, many per call (see the module docstring)."""
 
     def __init__(self, model: MaskedModel, x_train: np.ndarray, y_train: np.ndarray, batch_size: int,
-                 augment: bool = False, jit_compile: bool | None = None):
+                 augment: bool = False, jit_compile: bool | None = None, batch_shards: int | None = None):
         self.model = model
+        model.batch_shards = parallelism.batch_shards(model.name) if batch_shards is None else batch_shards
         self.x = tf.constant(x_train)
         self.y = tf.constant(y_train)
         self.batch_size = batch_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from lottery_keras import layers, models, training
 
@@ -159,6 +160,25 @@ def test_set_masks_zeroes_the_pruned_kernels_and_keeps_the_rest():
     for layer in reference.masked_layers():
         layer.kernel.assign(before[layer.name] * masks[layer.name])
     np.testing.assert_allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shards, batch", [(2, 61), (3, 60), (2, 1)])
+def test_batch_shards_compute_the_same_outputs(shards, batch):
+    model = models.build_model("lenet5", (28, 28, 1), seed=0)
+    x = np.random.default_rng(0).normal(size=(batch, 28, 28, 1)).astype(np.float32)
+    whole = keras.ops.convert_to_numpy(model(x))
+    model.batch_shards = shards
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), whole, rtol=1e-5, atol=1e-5)
+    unknown_batch = tf.function(model, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+    np.testing.assert_allclose(unknown_batch(x).numpy(), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_shards_split_the_graph_into_independent_chains():
+    """The point of sharding: one convolution per shard, so the inter-op pool can run them on different cores."""
+    model = models.build_model("lenet5", (28, 28, 1), seed=0)
+    model.batch_shards = 2
+    graph = tf.function(model).get_concrete_function(tf.TensorSpec([60, 28, 28, 1], tf.float32)).graph
+    assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 4
 
 
 def test_set_masks_rejects_wrong_layer_names():

@@ -180,10 +180,10 @@ def test_train_rejects_bad_arguments(mnist_small):
 N_SAMPLES, BATCH, STEPS, SEED = 1_200, 60, 50, 3  # 20 steps per epoch: 50 steps cross two epoch boundaries
 
 
-def _twin_models(masks_seed: int = 11):
+def _twin_models(masks_seed: int = 11, arch: str = "lenet300_100"):
     twins = []
     for _ in range(2):
-        model = models.build_model("lenet300_100", MNIST_SHAPE, seed=9)
+        model = models.build_model(arch, MNIST_SHAPE, seed=9)
         model.set_masks(random_masks(model, keep=0.5, seed=masks_seed))
         training.compile_model(model, 1.2e-3)
         training.reset_optimizer(model)
@@ -212,6 +212,19 @@ def test_compiled_loop_matches_fit_on_the_same_batches(mnist_small, jit):
     moved = max(float(np.max(np.abs(w - w0))) for w, w0 in zip(compiled.get_weights(), theta0))
     assert moved > 1e-2  # the models trained
     for a, b in zip(compiled.get_weights(), fitted.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_sharded_loop_matches_unsharded_fit_on_the_same_batches(mnist_small):
+    """Two batch shards on LeNet-5 (the CPU plan of `parallelism.py`) train the same weights as whole batches."""
+    x, y = mnist_small.x_train[:N_SAMPLES], mnist_small.y_train[:N_SAMPLES]
+    sharded, fitted = _twin_models(arch="lenet5")
+    theta0 = sharded.get_weights()
+    training.CompiledLoop(sharded, x, y, BATCH, jit_compile=False, batch_shards=2).run(SEED, 0, STEPS)
+    assert sharded.batch_shards == 2 and fitted.batch_shards == 1
+    _fit_on_schedule(fitted, x, y, SEED)
+    assert max(float(np.max(np.abs(w - w0))) for w, w0 in zip(sharded.get_weights(), theta0)) > 1e-2
+    for a, b in zip(sharded.get_weights(), fitted.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
