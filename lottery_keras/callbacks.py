@@ -47,14 +47,16 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         splits = {"val": validation, "test": test, "train": train}
         self._splits = {name: (tf.constant(split[0]), np.asarray(split[1]))
                         for name, split in splits.items() if split is not None}
+        self._labels = {name: tf.constant(labels, tf.int32) for name, (_, labels) in self._splits.items()}
         self.history: list[dict] = []
         self.best_weights: list[np.ndarray] | None = None
         self.result: dict = {}
-        self._logits_fn = None
+        self._logits_fn = self._loss_and_correct_fn = None
 
     def on_train_begin(self, logs=None):
         self.history, self.best_weights, self.result = [], None, {}
         self._logits_fn = tf.function(lambda x: self.model(x, training=False))
+        self._loss_and_correct_fn = tf.function(self._loss_and_correct)
 
     def on_train_batch_end(self, batch, logs=None):
         iteration = int(self.model.optimizer.iterations.numpy())
@@ -101,11 +103,33 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         probs /= probs.sum(axis=1, keepdims=True)
         return probs, 100.0 * float(np.mean(probs.argmax(axis=1) == self._splits[split][1]))
 
+    def _loss_and_correct(self, x: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Summed cross-entropy and number correct over a whole split, batch by batch, in one device call (only
+        two numbers come back to the host: this runs every `eval_every` steps, on the validation and test
+        splits, and costs about as much as the training steps in between)."""
+        size = self.eval_batch_size
+        full_batches, tail = divmod(int(x.shape[0]), size)
+        total, correct = tf.constant(0.0, tf.float64), tf.constant(0, tf.int64)
+        for i in tf.range(full_batches):  # a graph loop; static batch shapes (tf.slice) let the model shard them
+            start = i * size
+            images = tf.slice(x, [start] + [0] * (x.shape.rank - 1), [size, *x.shape[1:]])
+            batch_total, batch_correct = self._batch_loss_and_correct(images, tf.slice(labels, [start], [size]))
+            total, correct = total + batch_total, correct + batch_correct
+        if tail:
+            batch_total, batch_correct = self._batch_loss_and_correct(x[-tail:], labels[-tail:])
+            total, correct = total + batch_total, correct + batch_correct
+        return total, correct
+
+    def _batch_loss_and_correct(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        hits = tf.argmax(logits, axis=1, output_type=tf.int32) == labels
+        return tf.reduce_sum(tf.cast(losses, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
+
     def _metrics(self, split: str) -> dict[str, float]:
-        probs, accuracy = self._probabilities_and_accuracy(split)
-        labels = self._splits[split][1]
-        loss = -float(np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300))))
-        return {f"{split}_loss": loss, f"{split}_acc": accuracy}
+        total, correct = self._loss_and_correct_fn(self._splits[split][0], self._labels[split])
+        count = len(self._splits[split][1])
+        return {f"{split}_loss": float(total) / count, f"{split}_acc": 100.0 * int(correct) / count}
 
 
 class ProgressBar(keras.callbacks.Callback):

@@ -405,6 +405,20 @@ def test_recorder_test_acc_is_that_of_the_kept_weights(trained, evaluator, mnist
     assert row["test_acc"] == pytest.approx(recorder.result["test_acc"], abs=1e-9)
 
 
+def test_recorder_metrics_with_a_partial_last_batch_and_batch_shards(mnist):
+    """The on-device evaluation: 7 batches of 700 and a tail of 100, each run in 2 shards, equal Keras's."""
+    model = models.build_model("lenet5", MNIST_SHAPE, seed=4)
+    model.batch_shards = 2
+    recorder = callbacks.EarlyStopRecorder((mnist.x_val, mnist.y_val), (mnist.x_test[:100], mnist.y_test[:100]),
+                                           eval_every=1, iterations=1, eval_batch_size=700)
+    recorder.set_model(model)
+    recorder.on_train_begin()
+    metrics = recorder._metrics("val")
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert metrics["val_loss"] == pytest.approx(model.evaluate(mnist.x_val, mnist.y_val, verbose=0), rel=1e-5)
+    assert metrics["val_acc"] == pytest.approx(accuracy_percent(model, mnist.x_val, mnist.y_val), abs=1e-9)
+
+
 def test_recorder_final_test_acc_is_that_of_the_final_weights(trained, mnist):
     model, recorder = trained
     assert recorder.result["final_test_acc"] == pytest.approx(accuracy_percent(model, mnist.x_test, mnist.y_test),
