@@ -4,8 +4,8 @@ LeNet-5's convolutions are too small for TensorFlow's intra-op parallelism: on 2
 on one thread per op as on two. What does use both cores is splitting the batch into independent shards
 (`MaskedModel.batch_shards`), each computed single-threaded, side by side on TensorFlow's inter-op pool
 (LeNet-5: 1.3-1.5x faster per step, `benchmarks/bench_train.py --threads default` against the default plan).
-Larger convolutions (Conv-2/4/6) and XLA-compiled dense nets do better with TensorFlow's own intra-op
-parallelism, so the plan is per architecture.
+Conv-6 (13% slower sharded) and the XLA-compiled LeNet-300-100 (15% slower on one thread per op) do better with
+TensorFlow's own intra-op parallelism; Conv-2/4 are unmeasured and keep it too. So the plan is per architecture.
 
 Thread pools are process-wide and fixed once TensorFlow's runtime starts, so `configure` must run before the
 first TensorFlow operation (the CLI calls it first thing); `batch_shards` then tells a trainer whether the
@@ -28,6 +28,8 @@ MEASURED_CORES = 2
 
 @dataclass(frozen=True)
 class CpuPlan:
+    """Shards per batch, and the sizes of TensorFlow's intra-op (per operation) and inter-op pools."""
+
     batch_shards: int
     intra_op_threads: int
     inter_op_threads: int
