@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from lottery_keras import parallelism
 from lottery_keras.models import MaskedModel
+from lottery_keras.optimizers import FusedAdam
 
 # XLA helps where per-op overhead dominates (small dense nets); on CPU, oneDNN convolutions beat XLA's.
 # Measured by benchmarks/bench_train.py; override with `jit_compile=`.
@@ -35,9 +36,9 @@ def default_jit(model: MaskedModel) -> bool:
 
 
 def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-8) -> None:
-    """Attach Adam and the cross-entropy loss, and create the optimizer's slots up front (so compiled
-    functions never create variables)."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, epsilon=epsilon),
+    """Attach Adam (`FusedAdam`: Keras's arithmetic in one kernel per variable) and the cross-entropy loss, and
+    create the optimizer's slots up front (so compiled functions never create variables)."""
+    model.compile(optimizer=FusedAdam(learning_rate, epsilon=epsilon),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)
 
