@@ -32,10 +32,12 @@ def kernel_initializer(name: str, seed: int | None, layer_index: int):
 class MaskedModel(keras.Model):
     """Base class: masked-layer bookkeeping, the masked training step, and batch sharding.
 
-    Subclasses define the network in `forward`. `call` runs it on `batch_shards` consecutive parts of the batch
-    and concatenates the outputs: the parts are independent chains of operations, so TensorFlow's inter-op
-    threads run them on different cores at once (see `parallelism.py`, which sets `batch_shards`). The loss of the
-    concatenated outputs, and so every gradient, is the whole batch's, up to float summation order.
+    Subclasses define the network in two parts: `features` (the convolutional trunk, ending in a flat vector per
+    sample) and `classify` (the dense head). `call` runs `features` on `batch_shards` consecutive parts of the
+    batch and concatenates the results: the parts are independent chains of operations, so TensorFlow's inter-op
+    threads run them on different cores at once (see `parallelism.py`, which sets `batch_shards`). The head runs
+    once on the whole batch: its matrix products are small, and splitting them would only add operations. The
+    loss, and so every gradient, is the whole batch's, up to float summation order.
     `batch_shards` is an execution setting, not part of the saved configuration.
     """
 
@@ -57,15 +59,22 @@ class MaskedModel(keras.Model):
         self.call(keras.ops.zeros((1, *input_shape[1:])))
 
     def call(self, inputs):
+        return self.classify(self._sharded_features(inputs))
+
+    def _sharded_features(self, inputs):
         batch = inputs.shape[0]  # shards need a batch size known when the graph is built
         if self.batch_shards == 1 or batch is None or batch < self.batch_shards:
-            return self.forward(inputs)
+            return self.features(inputs)
         bounds = [batch * i // self.batch_shards for i in range(self.batch_shards + 1)]
-        parts = [self.forward(inputs[start:end]) for start, end in zip(bounds, bounds[1:])]
+        parts = [self.features(inputs[start:end]) for start, end in zip(bounds, bounds[1:])]
         return keras.ops.concatenate(parts, axis=0)
 
-    def forward(self, x):
-        """The network on one shard of the batch."""
+    def features(self, x):
+        """The per-sample trunk (what batch shards split), ending in one flat vector per sample."""
+        raise NotImplementedError
+
+    def classify(self, x):
+        """The dense head, on the whole batch's features."""
         raise NotImplementedError
 
     def masked_layers(self) -> list[MaskedLayer]:
@@ -109,8 +118,10 @@ class LeNetFC(MaskedModel):
                    for i, units in enumerate(self.hidden)]
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
-    def forward(self, x):
-        x = self.flatten(x)
+    def features(self, x):
+        return self.flatten(x)
+
+    def classify(self, x):
         for layer in self.fc:
             x = layer(x)
         return self.out(x)
@@ -133,9 +144,11 @@ class LeNet5(MaskedModel):
         self.fc2 = MaskedDense(84, "relu", self._kernel_init(), name="fc2")
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
-    def forward(self, x):
+    def features(self, x):
         x = self.pool(self.conv1(x))
-        x = self.flatten(self.pool(self.conv2(x)))
+        return self.flatten(self.pool(self.conv2(x)))
+
+    def classify(self, x):
         return self.out(self.fc2(self.fc1(x)))
 
 
@@ -157,10 +170,12 @@ class ConvNet(MaskedModel):
         self.fc = [MaskedDense(256, "relu", self._kernel_init(), name=f"fc{i + 1}") for i in range(2)]
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
-    def forward(self, x):
+    def features(self, x):
         for i in range(0, self.depth, 2):
             x = self.pool(self.convs[i + 1](self.convs[i](x)))
-        x = self.flatten(x)
+        return self.flatten(x)
+
+    def classify(self, x):
         for layer in self.fc:
             x = layer(x)
         return self.out(x)

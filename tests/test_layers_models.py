@@ -173,12 +173,14 @@ def test_batch_shards_compute_the_same_outputs(shards, batch):
     np.testing.assert_allclose(unknown_batch(x).numpy(), whole, rtol=1e-5, atol=1e-5)
 
 
-def test_batch_shards_split_the_graph_into_independent_chains():
-    """The point of sharding: one convolution per shard, so the inter-op pool can run them on different cores."""
+def test_batch_shards_split_the_trunk_into_independent_chains_and_run_the_head_once():
+    """The point of sharding: one copy of each convolution per shard, so the inter-op pool can run them on
+    different cores; the dense head (three matrix products) runs once, on the whole batch."""
     model = models.build_model("lenet5", (28, 28, 1), seed=0)
     model.batch_shards = 2
     graph = tf.function(model).get_concrete_function(tf.TensorSpec([60, 28, 28, 1], tf.float32)).graph
     assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 4
+    assert sum(op.type == "MatMul" for op in graph.get_operations()) == 3
 
 
 def test_set_masks_rejects_wrong_layer_names():
