@@ -21,18 +21,21 @@ def numpy_adam(theta, grads, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
     return theta
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_fused_adam_follows_the_adam_formula(jit):
+@pytest.mark.parametrize("jit, strategy", [(False, None), (True, None), (False, "one_device")])
+def test_fused_adam_follows_the_adam_formula(jit, strategy):
+    """Both update paths: per variable as gradients arrive (no strategy), and Keras's all-reduce first."""
     rng = np.random.default_rng(0)
     theta0 = rng.normal(size=(4, 3))
     grads = [rng.normal(size=(4, 3)) for _ in range(5)]
-    variable = keras.Variable(theta0.astype("float32"))
-    optimizer = FusedAdam(learning_rate=0.01)
-    optimizer.build([variable])
+    scope = tf.distribute.OneDeviceStrategy("/cpu:0") if strategy else tf.distribute.get_strategy()
+    with scope.scope():
+        variable = keras.Variable(theta0.astype("float32"))
+        optimizer = FusedAdam(learning_rate=0.01)
+        optimizer.build([variable])
 
     @tf.function(jit_compile=jit)
     def apply(gradient):
-        optimizer.apply([gradient], [variable])
+        scope.run(lambda g: optimizer.apply([g], [variable]), args=(gradient,))
 
     for g in grads:
         apply(tf.constant(g, tf.float32))
