@@ -1,10 +1,12 @@
 """Training throughput: stock `keras.Model.fit` against the toolkit's compiled loop, per architecture.
 
 For each architecture this measures, in one process, the milliseconds per training step of
-  (a) stock `keras.Model.fit` on numpy arrays (shuffle=True, verbose=0, Keras's default `jit_compile`), driving
-      the same masked `train_step` — the user experience, nothing subtracted;
-  (b) the toolkit's path, `training.CompiledLoop` with its default jit choice (`training.JIT_BY_DEFAULT`), run in
-      chunks of `--chunk` steps the way `training.Trainer` runs them between evaluations;
+  (a) stock Keras: `keras.Model.fit` on numpy arrays (shuffle=True, verbose=0, Keras's default `jit_compile`)
+      with `keras.optimizers.Adam`, driving the same masked `train_step` — the user experience, nothing
+      subtracted (`--stock-adam fused` gives it the toolkit's `FusedAdam` instead);
+  (b) the toolkit's path, `training.CompiledLoop` with its default jit choice (`training.JIT_BY_DEFAULT`) and
+      the optimizer of `training.compile_model` (`FusedAdam`), run in chunks of `--chunk` steps the way
+      `training.Trainer` runs them between evaluations;
   (c) the compiled loop with the opposite jit setting, to learn which setting is faster on this machine.
 The model is a `MaskedModel` compiled with `training.compile_model` and given a ~50% random mask, so the masking
 is real. Data are synthetic, of the real shapes (standard-normal images, uniform labels; 5,000 samples for
@@ -56,6 +58,7 @@ from lottery_keras import parallelism, training  # noqa: E402
 from lottery_keras.models import MaskedModel, build_model, canonical_arch  # noqa: E402
 
 MNIST_SHAPE, CIFAR_SHAPE = (28, 28, 1), (32, 32, 3)
+LEARNING_RATE = 1.2e-3
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,15 @@ def synthetic_data(workload: Workload, seed: int) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def masked_model(arch: str, input_shape: tuple[int, ...], seed: int) -> MaskedModel:
-    """A compiled model with a ~50% random mask on every prunable layer (the same mask for a given seed)."""
+def masked_model(arch: str, input_shape: tuple[int, ...], seed: int, keras_adam: bool = False) -> MaskedModel:
+    """A compiled model with a ~50% random mask on every prunable layer (the same mask for a given seed), with
+    the toolkit's optimizer or, `keras_adam`, stock `keras.optimizers.Adam` (same hyperparameters)."""
     model = build_model(arch, input_shape, seed=seed)
-    training.compile_model(model, learning_rate=1.2e-3)
+    training.compile_model(model, learning_rate=LEARNING_RATE)
+    if keras_adam:
+        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE, epsilon=model.optimizer.epsilon),
+                      loss=model.loss)
+        model.optimizer.build(model.trainable_variables)
     rng = np.random.default_rng(seed)
     model.set_masks({layer.name: (rng.random(tuple(layer.kernel.shape)) < 0.5).astype(np.float32)
                      for layer in model.masked_layers()})
@@ -193,16 +201,16 @@ def plan_steps(step_s: float, steps: int, max_call_s: float, slow_s: float) -> i
 
 
 def measure(arch: str, workload: Workload, batch_size: int, steps: int, chunk: int, reps: int, seed: int,
-            max_call_s: float, slow_s: float, log: Callable[[str], None]) -> dict:
+            max_call_s: float, slow_s: float, stock_adam: str, log: Callable[[str], None]) -> dict:
     """Probe, warm up, then time the three methods interleaved (rotating order); return the medians."""
     x, y = synthetic_data(workload, seed)
     steps = min(steps, training.steps_per_epoch(len(x), batch_size))  # `fit` cannot run past one epoch
     chunk = min(chunk, steps)
 
-    def model() -> MaskedModel:
-        return masked_model(arch, workload.input_shape, seed)
+    def model(keras_adam: bool = False) -> MaskedModel:
+        return masked_model(arch, workload.input_shape, seed, keras_adam)
 
-    methods = {"stock": stock_fit(model(), x, y, batch_size),
+    methods = {"stock": stock_fit(model(keras_adam=stock_adam == "keras"), x, y, batch_size),
                "toolkit": compiled_loop(model(), x, y, batch_size, chunk, jit_compile=None)}
     methods["other_jit"] = compiled_loop(model(), x, y, batch_size, chunk,
                                          jit_compile=not methods["toolkit"].jit_compile)
@@ -229,7 +237,7 @@ def measure(arch: str, workload: Workload, batch_size: int, steps: int, chunk: i
             samples[name].append(seconds * 1e3 / plan[name])
         log(f"  {arch}: rep {rep + 1}/{reps}: " + ", ".join(f"{n} {s[-1]:.2f}" for n, s in samples.items())
             + " ms/step")
-    return summarise(arch, workload, batch_size, chunk, methods, plan, samples)
+    return {**summarise(arch, workload, batch_size, chunk, methods, plan, samples), "stock_adam": stock_adam}
 
 
 def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, methods: dict[str, Method],
@@ -264,8 +272,10 @@ def format_table(rows: list[dict], device: str) -> str:
     header = (f"{'arch':<13} {'batch':>5} {'stock ms/step':>13} {'toolkit ms/step':>15} {'shards':>6} "
               f"{'speedup':>7} {'other-jit ms/step':>17} {'faster jit':>10} {'GFLOP/step':>10} "
               f"{'toolkit GFLOP/s':>15}")
-    lines = [f"device: {device}; medians over interleaved repetitions; [jit_compile]; * = one probe step only; "
-             "shards: toolkit batch shards (CPU thread plan)", header, "-" * len(header)]
+    adam = {"keras": "keras.optimizers.Adam", "fused": "FusedAdam"}[rows[0]["stock_adam"]] if rows else ""
+    lines = [f"device: {device}; stock = fit with {adam}, toolkit = CompiledLoop with FusedAdam; medians over "
+             "interleaved repetitions; [jit_compile]; * = one probe step only; shards: toolkit batch shards (CPU "
+             "thread plan)", header, "-" * len(header)]
     for r in rows:
         star = {name: "*" if steps == 0 else " " for name, steps in r["steps_per_call"].items()}
         lines.append(
@@ -294,6 +304,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", choices=["plan", "default"], default="plan",
                         help="the toolkit's CPU thread plan per architecture (default), or TensorFlow's defaults")
+    parser.add_argument("--stock-adam", choices=["keras", "fused"], default="keras",
+                        help="the stock method's optimizer: keras.optimizers.Adam (default) or the toolkit's "
+                        "FusedAdam")
     parser.add_argument("--json", action="store_true", help="print only a JSON list, one object per arch")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # a child: one arch
     parser.add_argument("--save", metavar="PATH", help="also write that JSON list to PATH")
@@ -307,14 +320,14 @@ def measure_here(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         parallelism.configure(arch)  # before the first TensorFlow operation
     workload = WORKLOADS[arch]
     return measure(arch, workload, args.batch, args.steps or workload.steps, args.chunk, args.reps, args.seed,
-                   args.max_call_s, args.slow_s, log)
+                   args.max_call_s, args.slow_s, args.stock_adam, log)
 
 
 def measure_in_child(arch: str, args: argparse.Namespace) -> dict:
     """Measure one architecture in a fresh process (thread pools are fixed once TensorFlow starts): it logs to
     our stderr unless we print JSON, and prints its row as JSON on stdout."""
     options = ["--batch", args.batch, "--chunk", args.chunk, "--reps", args.reps, "--max-call-s", args.max_call_s,
-               "--slow-s", args.slow_s, "--seed", args.seed, "--threads", args.threads]
+               "--slow-s", args.slow_s, "--seed", args.seed, "--threads", args.threads, "--stock-adam", args.stock_adam]
     if args.steps:
         options += ["--steps", args.steps]
     command = [sys.executable, __file__, "--arch", arch, "--in-process", *map(str, options)]
