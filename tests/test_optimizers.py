@@ -67,3 +67,17 @@ def test_compile_model_uses_fused_adam_and_it_round_trips():
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
     assert isinstance(restored, FusedAdam)
     assert restored.get_config() == model.optimizer.get_config()
+
+
+def test_each_update_waits_only_for_its_own_gradient():
+    """No all-reduce op between the gradients and the updates (on one device Keras's is an IdentityN that holds
+    every update until the last gradient), and the step's β powers are computed once, not per variable."""
+    model = models.build_model("lenet5", (28, 28, 1), seed=0)
+    training.compile_model(model, learning_rate=1.2e-3)
+    step = tf.function(model.train_step).get_concrete_function(
+        (tf.TensorSpec([60, 28, 28, 1], tf.float32), tf.TensorSpec([60], tf.int32)))
+    operations = step.graph.get_operations()
+    updates = [op for op in operations if op.type == "ResourceApplyAdam"]
+    assert len(updates) == len(model.trainable_variables) == 10
+    assert not [op for op in operations if op.type == "IdentityN"]
+    assert sum(op.type == "Pow" for op in operations) == 2
