@@ -8,8 +8,8 @@ For each architecture this measures, in one process, the milliseconds per traini
       the optimizer of `training.compile_model` (`FusedAdam`), run in chunks of `--chunk` steps the way
       `training.Trainer` runs them between evaluations;
   (c) the compiled loop with the opposite jit setting, to learn which setting is faster on this machine.
-The model is a `MaskedModel` compiled with `training.compile_model` and given a ~50% random mask, so the masking
-is real. Data are synthetic, of the real shapes (standard-normal images, uniform labels; 5,000 samples for
+Each model is a `MaskedModel` compiled with the loss of `training.compile_model` and given a ~50% random mask, so
+the masking is real. Data are synthetic, of the real shapes (standard-normal images, uniform labels; 5,000 samples for
 CIFAR shapes to save memory).
 
 Each method first runs one step twice at a fixed position (the first call traces and compiles; the second times
