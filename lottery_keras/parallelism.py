@@ -4,9 +4,9 @@ LeNet-5's convolutions are too small for TensorFlow's intra-op parallelism: on 2
 on one thread per op as on two. What does use both cores is splitting the batch into independent shards
 (`MaskedModel.batch_shards`) whose convolutional trunks run single-threaded, side by side on TensorFlow's
 inter-op pool (LeNet-5: 1.3-1.5x faster per step, `benchmarks/bench_train.py --threads default` against the
-default plan).
-Conv-6 (13% slower sharded) and the XLA-compiled LeNet-300-100 (15% slower on one thread per op) do better with
-TensorFlow's own intra-op parallelism; Conv-2/4 are unmeasured and keep it too. So the plan is per architecture.
+default plan). Conv-6 (13% slower sharded) and the XLA-compiled LeNet-300-100 (15% slower on one thread per op)
+do better with TensorFlow's own intra-op parallelism; Conv-2/4 are unmeasured and keep it too. So the plan is
+per architecture.
 
 Thread pools are process-wide and fixed once TensorFlow's runtime starts, so `configure` must run before the
 first TensorFlow operation (the CLI calls it first thing); `batch_shards` then tells a trainer whether the
