@@ -4,9 +4,10 @@ For each architecture this measures, in one process, the milliseconds per traini
   (a) stock Keras: `keras.Model.fit` on numpy arrays (shuffle=True, verbose=0, Keras's default `jit_compile`)
       with `keras.optimizers.Adam`, driving the same masked `train_step` — the user experience, nothing
       subtracted (`--stock-adam fused` gives it the toolkit's `FusedAdam` instead);
-  (b) the toolkit's path, `training.CompiledLoop` with its default jit choice (`training.JIT_BY_DEFAULT`) and
-      the optimizer of `training.compile_model` (`FusedAdam`), run in chunks of `--chunk` steps the way
-      `training.Trainer` runs them between evaluations;
+  (b) the toolkit's path, `training.CompiledLoop` with its default jit choice (`training.JIT_BY_DEFAULT`), its
+      default fused conv-pool kernels (`training.FUSED_BY_DEFAULT`: LeNet-5 on CPU) and the optimizer of
+      `training.compile_model` (`FusedAdam`), run in chunks of `--chunk` steps the way `training.Trainer` runs
+      them between evaluations;
   (c) the compiled loop with the opposite jit setting, to learn which setting is faster on this machine.
 Each model is a `MaskedModel` compiled with the loss of `training.compile_model` and given a ~50% random mask, so
 the masking is real. Data are synthetic, of the real shapes (standard-normal images, uniform labels; 5,000 samples for
@@ -249,6 +250,7 @@ def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, method
         "arch": arch,
         "device": "gpu" if tf.config.list_logical_devices("GPU") else "cpu",
         "toolkit_batch_shards": methods["toolkit"].model.batch_shards,
+        "toolkit_fused_conv_pool": methods["toolkit"].model.fused_conv_pool,
         "threads_per_op": tf.config.threading.get_intra_op_parallelism_threads() or "default",
         "batch_size": batch_size,
         "num_samples": workload.num_samples,
@@ -269,20 +271,21 @@ def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, method
 
 
 def format_table(rows: list[dict], device: str) -> str:
-    header = (f"{'arch':<13} {'batch':>5} {'stock ms/step':>13} {'toolkit ms/step':>15} {'shards':>6} "
+    header = (f"{'arch':<13} {'batch':>5} {'stock ms/step':>13} {'toolkit ms/step':>15} {'shards':>6} {'fused':>5} "
               f"{'speedup':>7} {'other-jit ms/step':>17} {'faster jit':>10} {'GFLOP/step':>10} "
               f"{'toolkit GFLOP/s':>15}")
     adam = {"keras": "keras.optimizers.Adam", "fused": "FusedAdam"}[rows[0]["stock_adam"]] if rows else ""
     lines = [f"device: {device}; stock = fit with {adam}, toolkit = CompiledLoop with FusedAdam; medians over "
              "interleaved repetitions; [jit_compile]; * = one probe step only; shards: toolkit batch shards (CPU "
-             "thread plan)", header, "-" * len(header)]
+             "thread plan); fused: toolkit's fused conv-pool kernels", header, "-" * len(header)]
     for r in rows:
         star = {name: "*" if steps == 0 else " " for name, steps in r["steps_per_call"].items()}
         lines.append(
             f"{r['arch']:<13} {r['batch_size']:>5} "
             f"{r['stock_ms_per_step']:>7.2f}{star['stock']}[{'T' if r['stock_jit'] else 'F'}] "
             f"{r['toolkit_ms_per_step']:>9.2f}{star['toolkit']}[{'T' if r['toolkit_jit'] else 'F'}] "
-            f"{r['toolkit_batch_shards']:>6} {r['speedup']:>6.2f}x "
+            f"{r['toolkit_batch_shards']:>6} {'yes' if r['toolkit_fused_conv_pool'] else 'no':>5} "
+            f"{r['speedup']:>6.2f}x "
             f"{r['other_jit_ms_per_step']:>11.2f}{star['other_jit']}[{'T' if r['other_jit'] else 'F'}] "
             f"{str(r['faster_jit']):>10} {r['gflop_per_step']:>10.3f} {r['toolkit_gflops']:>15.1f}")
     return "\n".join(lines)

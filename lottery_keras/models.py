@@ -12,6 +12,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from lottery_keras import conv_pool
 from lottery_keras.layers import MaskedConv2D, MaskedDense, MaskedLayer
 
 INITIALIZERS = {
@@ -38,7 +39,9 @@ class MaskedModel(keras.Model):
     threads run them on different cores at once (see `parallelism.py`, which sets `batch_shards`). The head runs
     once on the whole batch: its matrix products are small, and splitting them would only add operations. The
     loss, and so every gradient, is the whole batch's, up to float summation order.
-    `batch_shards` is an execution setting, not part of the saved configuration.
+    `fused_conv_pool` runs each "ReLU convolution, then 2×2 max-pool" block of the trunk as the fused CPU kernels
+    of `conv_pool.py` (same results up to float summation order). Both are execution settings, set by the
+    training loop, not part of the saved configuration.
     """
 
     def __init__(self, num_classes: int = 10, init: str = "glorot_normal", seed: int | None = None, **kwargs):
@@ -47,6 +50,7 @@ class MaskedModel(keras.Model):
         self.init = init
         self.seed = seed
         self.batch_shards = 1
+        self.fused_conv_pool = False
         self._layer_count = 0
 
     def _kernel_init(self):
@@ -76,6 +80,13 @@ class MaskedModel(keras.Model):
     def classify(self, x):
         """The dense head, on the whole batch's features."""
         raise NotImplementedError
+
+    def conv_pool(self, conv: MaskedConv2D, x):
+        """`self.pool(conv(x))` for a ReLU convolution: the fused kernels when `fused_conv_pool` is set (and the
+        layer is built and computes in float32, which the kernels require), else the layers."""
+        if self.fused_conv_pool and conv.built and conv.compute_dtype == "float32":
+            return conv_pool.conv_relu_pool(x, conv.kernel.value, conv.bias.value, conv.padding)
+        return self.pool(conv(x))
 
     def masked_layers(self) -> list[MaskedLayer]:
         """Prunable layers in forward order (the last one is the output layer)."""
@@ -145,8 +156,7 @@ class LeNet5(MaskedModel):
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
     def features(self, x):
-        x = self.pool(self.conv1(x))
-        return self.flatten(self.pool(self.conv2(x)))
+        return self.flatten(self.conv_pool(self.conv2, self.conv_pool(self.conv1, x)))
 
     def classify(self, x):
         return self.out(self.fc2(self.fc1(x)))
@@ -172,7 +182,7 @@ class ConvNet(MaskedModel):
 
     def features(self, x):
         for i in range(0, self.depth, 2):
-            x = self.pool(self.convs[i + 1](self.convs[i](x)))
+            x = self.conv_pool(self.convs[i + 1], self.convs[i](x))
         return self.flatten(x)
 
     def classify(self, x):

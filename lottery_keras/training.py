@@ -4,7 +4,8 @@ The default path (`loop="compiled"`) keeps the whole training split on the devic
 per host round-trip inside one `tf.function`: each step draws its batch from an on-device, per-epoch permutation
 (stateless RNG keyed by seed and epoch, so any step's batch is reproducible and a run can resume anywhere),
 optionally augments it on the device, and calls the model's own `train_step` (optimizer update, then masks).
-The function is XLA-compiled where that measured faster (`JIT_BY_DEFAULT`), and the batch is split into shards
+The function is XLA-compiled where that measured faster (`JIT_BY_DEFAULT`), convolution blocks run as fused
+kernels where those measured faster (`FUSED_BY_DEFAULT`, `conv_pool.py`), and the batch is split into shards
 that run on different cores where the process's thread plan says so (`parallelism.py`). Callbacks see the same
 `on_train_batch_end` calls as under `fit`, once per chunk, with the step count read from the optimizer.
 
@@ -21,18 +22,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lottery_keras import parallelism
+from lottery_keras import conv_pool, parallelism
 from lottery_keras.models import MaskedModel
 from lottery_keras.optimizers import FusedAdam
 
 # XLA helps where per-op overhead dominates (small dense nets); on CPU, oneDNN convolutions beat XLA's.
 # Measured by benchmarks/bench_train.py; override with `jit_compile=`.
 JIT_BY_DEFAULT = {"cpu": {"lenet300_100": True}, "gpu": {}}
+# The fused conv-pool kernels have CPU kernels only, and XLA cannot compile custom operations.
+FUSED_BY_DEFAULT = {"cpu": {"lenet5"}, "gpu": set()}
+
+
+def _device() -> str:
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
 def default_jit(model: MaskedModel) -> bool:
-    device = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-    return JIT_BY_DEFAULT[device].get(model.name, device == "gpu")
+    return JIT_BY_DEFAULT[_device()].get(model.name, _device() == "gpu")
+
+
+def default_fused(model: MaskedModel, jit_compile: bool) -> bool:
+    return not jit_compile and model.name in FUSED_BY_DEFAULT[_device()] and conv_pool.available()
 
 
 def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-8) -> None:
@@ -89,16 +99,24 @@ class CompiledLoop:
     """Runs training steps of one model on device-resident data, many per call (see the module docstring)."""
 
     def __init__(self, model: MaskedModel, x_train: np.ndarray, y_train: np.ndarray, batch_size: int,
-                 augment: bool = False, jit_compile: bool | None = None, batch_shards: int | None = None):
+                 augment: bool = False, jit_compile: bool | None = None, batch_shards: int | None = None,
+                 fused_kernels: bool | None = None):
         self.model = model
         model.batch_shards = parallelism.batch_shards(model.name) if batch_shards is None else batch_shards
+        self.jit_compile = default_jit(model) if jit_compile is None else jit_compile
+        if fused_kernels and self.jit_compile:
+            raise ValueError("the fused conv-pool kernels are custom operations, which XLA cannot compile: "
+                             "pass jit_compile=False, or fused_kernels=False")
+        if fused_kernels and not conv_pool.available():
+            raise RuntimeError("the fused conv-pool kernels could not be built here (see the warning above); "
+                               "pass fused_kernels=False")
+        model.fused_conv_pool = default_fused(model, self.jit_compile) if fused_kernels is None else fused_kernels
         self.x = tf.constant(x_train)
         self.y = tf.constant(y_train)
         self.batch_size = batch_size
         self.augment = augment
         self.num_samples = int(x_train.shape[0])
         self.steps_per_epoch = steps_per_epoch(self.num_samples, batch_size)
-        self.jit_compile = default_jit(model) if jit_compile is None else jit_compile
         self._perm = tf.Variable(tf.zeros([self.num_samples], tf.int32), trainable=False)
         self._run = tf.function(self._run_steps, jit_compile=self.jit_compile)
 

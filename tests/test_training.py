@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_keras import callbacks, models, training
+from lottery_keras import callbacks, conv_pool, models, training
 
 MNIST_SHAPE = (28, 28, 1)
 
@@ -215,12 +215,16 @@ def test_compiled_loop_matches_fit_on_the_same_batches(mnist_small, jit):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_sharded_loop_matches_unsharded_fit_on_the_same_batches(mnist_small):
-    """Two batch shards on LeNet-5 (the CPU plan of `parallelism.py`) train the same weights as whole batches."""
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not conv_pool.available(), reason="no C++ compiler to build the fused kernels"))])
+def test_sharded_loop_matches_unsharded_fit_on_the_same_batches(mnist_small, fused):
+    """Two batch shards on LeNet-5 (the CPU plan of `parallelism.py`), with or without the fused conv-pool
+    kernels (`conv_pool.py`), train the same weights as whole batches through the layers."""
     x, y = mnist_small.x_train[:N_SAMPLES], mnist_small.y_train[:N_SAMPLES]
     sharded, fitted = _twin_models(arch="lenet5")
     theta0 = sharded.get_weights()
-    training.CompiledLoop(sharded, x, y, BATCH, jit_compile=False, batch_shards=2).run(SEED, 0, STEPS)
+    training.CompiledLoop(sharded, x, y, BATCH, jit_compile=False, batch_shards=2,
+                          fused_kernels=fused).run(SEED, 0, STEPS)
     assert sharded.batch_shards == 2 and fitted.batch_shards == 1
     _fit_on_schedule(fitted, x, y, SEED)
     assert max(float(np.max(np.abs(w - w0))) for w, w0 in zip(sharded.get_weights(), theta0)) > 1e-2
