@@ -8,7 +8,8 @@ For each architecture this measures, in one process, the milliseconds per traini
       default fused conv-pool kernels (`training.FUSED_BY_DEFAULT`: LeNet-5 on CPU) and the optimizer of
       `training.compile_model` (`FusedAdam`), run in chunks of `--chunk` steps the way `training.Trainer` runs
       them between evaluations;
-  (c) the compiled loop with the opposite jit setting, to learn which setting is faster on this machine.
+  (c) the compiled loop with the opposite jit setting, to learn which setting is faster on this machine;
+  (d) where (b) runs the fused conv-pool kernels, (b) without them: what the kernels bring to the whole step.
 Each model is a `MaskedModel` compiled with the loss of `training.compile_model` and given a ~50% random mask, so
 the masking is real. Data are synthetic, of the real shapes (standard-normal images, uniform labels; 5,000 samples for
 CIFAR shapes to save memory).
@@ -16,7 +17,7 @@ CIFAR shapes to save memory).
 Each method first runs one step twice at a fixed position (the first call traces and compiles; the second times
 a step), then is warmed up (the compiled loop with a full chunk: its first long call after a short one is
 slower). Then the methods alternate, `--reps` timed calls of `--steps` steps each, in rotating order; the table
-reports medians, so background load inflates all three alike and the ratios stay fair. Two guards keep the
+reports medians, so background load inflates all methods alike and the ratios stay fair. Two guards keep the
 runtime bounded: a compiled loop whose call would last over `--max-call-s` runs fewer steps per call (and chunk),
 and a method whose step takes over `--slow-s` is reported from its probe step alone, marked `*` (XLA-compiled
 loops of convolutions on CPU: about a minute per Conv-6 step here).
@@ -146,7 +147,7 @@ def masked_model(arch: str, input_shape: tuple[int, ...], seed: int, keras_adam:
     return model
 
 
-# --- the three methods ---------------------------------------------------------------------------------------
+# --- the methods ---------------------------------------------------------------------------------------------
 
 @dataclass
 class Method:
@@ -168,9 +169,9 @@ def stock_fit(model: MaskedModel, x: np.ndarray, y: np.ndarray, batch_size: int)
 
 
 def compiled_loop(model: MaskedModel, x: np.ndarray, y: np.ndarray, batch_size: int, chunk: int,
-                  jit_compile: bool | None) -> Method:
+                  jit_compile: bool | None, fused_kernels: bool | None = None) -> Method:
     """`CompiledLoop.run` in chunks of `chunk` steps, continuing the step count across calls like `Trainer`."""
-    loop = training.CompiledLoop(model, x, y, batch_size, jit_compile=jit_compile)
+    loop = training.CompiledLoop(model, x, y, batch_size, jit_compile=jit_compile, fused_kernels=fused_kernels)
     done = 0
 
     def run(num_steps: int) -> None:
@@ -203,7 +204,7 @@ def plan_steps(step_s: float, steps: int, max_call_s: float, slow_s: float) -> i
 
 def measure(arch: str, workload: Workload, batch_size: int, steps: int, chunk: int, reps: int, seed: int,
             max_call_s: float, slow_s: float, stock_adam: str, log: Callable[[str], None]) -> dict:
-    """Probe, warm up, then time the three methods interleaved (rotating order); return the medians."""
+    """Probe, warm up, then time the methods interleaved (rotating order); return the medians."""
     x, y = synthetic_data(workload, seed)
     steps = min(steps, training.steps_per_epoch(len(x), batch_size))  # `fit` cannot run past one epoch
     chunk = min(chunk, steps)
@@ -215,6 +216,9 @@ def measure(arch: str, workload: Workload, batch_size: int, steps: int, chunk: i
                "toolkit": compiled_loop(model(), x, y, batch_size, chunk, jit_compile=None)}
     methods["other_jit"] = compiled_loop(model(), x, y, batch_size, chunk,
                                          jit_compile=not methods["toolkit"].jit_compile)
+    if methods["toolkit"].model.fused_conv_pool:
+        methods["unfused"] = compiled_loop(model(), x, y, batch_size, chunk,
+                                           jit_compile=methods["toolkit"].jit_compile, fused_kernels=False)
     check_costs_match_model(arch, methods["stock"].model)
 
     plan, probe_s = {}, {}
@@ -258,6 +262,7 @@ def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, method
         "toolkit_ms_per_step": median["toolkit"],
         "speedup": median["stock"] / median["toolkit"],
         "other_jit_ms_per_step": median["other_jit"],
+        "unfused_ms_per_step": median.get("unfused"),  # None: the toolkit runs no fused kernels here
         "stock_jit": methods["stock"].jit_compile,
         "toolkit_jit": methods["toolkit"].jit_compile,
         "other_jit": methods["other_jit"].jit_compile,
@@ -271,23 +276,23 @@ def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, method
 
 
 def format_table(rows: list[dict], device: str) -> str:
-    header = (f"{'arch':<13} {'batch':>5} {'stock ms/step':>13} {'toolkit ms/step':>15} {'shards':>6} {'fused':>5} "
-              f"{'speedup':>7} {'other-jit ms/step':>17} {'faster jit':>10} {'GFLOP/step':>10} "
-              f"{'toolkit GFLOP/s':>15}")
+    header = (f"{'arch':<13} {'batch':>5} {'stock ms/step':>13} {'toolkit ms/step':>15} {'shards':>6} "
+              f"{'speedup':>7} {'other-jit ms/step':>17} {'faster jit':>10} {'unfused ms/step':>15} "
+              f"{'GFLOP/step':>10} {'toolkit GFLOP/s':>15}")
     adam = {"keras": "keras.optimizers.Adam", "fused": "FusedAdam"}[rows[0]["stock_adam"]] if rows else ""
     lines = [f"device: {device}; stock = fit with {adam}, toolkit = CompiledLoop with FusedAdam; medians over "
              "interleaved repetitions; [jit_compile]; * = one probe step only; shards: toolkit batch shards (CPU "
-             "thread plan); fused: toolkit's fused conv-pool kernels", header, "-" * len(header)]
+             "thread plan); unfused: the toolkit without its fused conv-pool kernels (- : it runs none)", header, "-" * len(header)]
     for r in rows:
         star = {name: "*" if steps == 0 else " " for name, steps in r["steps_per_call"].items()}
+        unfused = "-" if r["unfused_ms_per_step"] is None else f"{r['unfused_ms_per_step']:.2f}{star['unfused']}"
         lines.append(
             f"{r['arch']:<13} {r['batch_size']:>5} "
             f"{r['stock_ms_per_step']:>7.2f}{star['stock']}[{'T' if r['stock_jit'] else 'F'}] "
             f"{r['toolkit_ms_per_step']:>9.2f}{star['toolkit']}[{'T' if r['toolkit_jit'] else 'F'}] "
-            f"{r['toolkit_batch_shards']:>6} {'yes' if r['toolkit_fused_conv_pool'] else 'no':>5} "
-            f"{r['speedup']:>6.2f}x "
+            f"{r['toolkit_batch_shards']:>6} {r['speedup']:>6.2f}x "
             f"{r['other_jit_ms_per_step']:>11.2f}{star['other_jit']}[{'T' if r['other_jit'] else 'F'}] "
-            f"{str(r['faster_jit']):>10} {r['gflop_per_step']:>10.3f} {r['toolkit_gflops']:>15.1f}")
+            f"{str(r['faster_jit']):>10} {unfused:>15} {r['gflop_per_step']:>10.3f} {r['toolkit_gflops']:>15.1f}")
     return "\n".join(lines)
 
 
