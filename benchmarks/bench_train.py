@@ -282,7 +282,8 @@ def format_table(rows: list[dict], device: str) -> str:
     adam = {"keras": "keras.optimizers.Adam", "fused": "FusedAdam"}[rows[0]["stock_adam"]] if rows else ""
     lines = [f"device: {device}; stock = fit with {adam}, toolkit = CompiledLoop with FusedAdam; medians over "
              "interleaved repetitions; [jit_compile]; * = one probe step only; shards: toolkit batch shards (CPU "
-             "thread plan); unfused: the toolkit without its fused conv-pool kernels (- : it runs none)", header, "-" * len(header)]
+             "thread plan); unfused: the toolkit without its fused conv-pool kernels (- : it runs none)",
+             header, "-" * len(header)]
     for r in rows:
         star = {name: "*" if steps == 0 else " " for name, steps in r["steps_per_call"].items()}
         unfused = "-" if r["unfused_ms_per_step"] is None else f"{r['unfused_ms_per_step']:.2f}{star['unfused']}"

@@ -91,8 +91,8 @@ void ForEachRoutedGradient(const Geometry& g, const int32_t* window, const float
     for (int64_t i = 0; i < g.pool_h; ++i) {
       for (int64_t j = 0; j < g.pool_w; ++j) {
         for (int64_t ch = 0; ch < g.out_c; ++ch, ++cell) {
-          const int32_t w = window[cell];
-          if (w >= 0) visit(n, 2 * i + (w >> 1), 2 * j + (w & 1), ch, d_pooled[cell]);
+          const int32_t winner = window[cell];
+          if (winner >= 0) visit(n, 2 * i + (winner >> 1), 2 * j + (winner & 1), ch, d_pooled[cell]);
         }
       }
     }
@@ -279,7 +279,8 @@ class ConvPoolInputGradOp : public OpKernel {
     float* dx = d_x->flat<float>().data();
     const int64_t row = g.in_w * g.in_c;
     for (int64_t n = 0; n < g.batch; ++n)
-      for (int64_t r = 0; r < g.in_h; ++r) std::copy_n(&dx_padded[PaddedRow(g, n, r)], row, dx + (n * g.in_h + r) * row);
+      for (int64_t r = 0; r < g.in_h; ++r)
+        std::copy_n(&dx_padded[PaddedRow(g, n, r)], row, dx + (n * g.in_h + r) * row);
   }
 
  private:
