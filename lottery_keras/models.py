@@ -12,7 +12,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from lottery_keras import conv_pool
+from lottery_keras.conv_pool import conv_relu_pool
 from lottery_keras.layers import MaskedConv2D, MaskedDense, MaskedLayer
 
 INITIALIZERS = {
@@ -85,7 +85,7 @@ class MaskedModel(keras.Model):
         """`self.pool(conv(x))` for a ReLU convolution: the fused kernels when `fused_conv_pool` is set (and the
         layer is built and computes in float32, which the kernels require), else the layers."""
         if self.fused_conv_pool and conv.built and conv.compute_dtype == "float32":
-            return conv_pool.conv_relu_pool(x, conv.kernel.value, conv.bias.value, conv.padding)
+            return conv_relu_pool(x, conv.kernel.value, conv.bias.value, conv.padding)
         return self.pool(conv(x))
 
     def masked_layers(self) -> list[MaskedLayer]:

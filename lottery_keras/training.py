@@ -29,7 +29,8 @@ from lottery_keras.optimizers import FusedAdam
 # XLA helps where per-op overhead dominates (small dense nets); on CPU, oneDNN convolutions beat XLA's.
 # Measured by benchmarks/bench_train.py; override with `jit_compile=`.
 JIT_BY_DEFAULT = {"cpu": {"lenet300_100": True}, "gpu": {}}
-# The fused conv-pool kernels have CPU kernels only, and XLA cannot compile custom operations.
+# Fused conv-pool kernels (conv_pool.py) where they measured faster (bench_train.py's `unfused` column); they
+# have CPU kernels only, and XLA cannot compile custom operations. Override with `fused_kernels=`.
 FUSED_BY_DEFAULT = {"cpu": {"lenet5"}, "gpu": set()}
 
 
