@@ -5,8 +5,9 @@ convolution's output. `conv_relu_pool` keeps TensorFlow's (oneDNN's) convolution
 custom operations of `csrc/conv_pool.cc`: one pass computes bias, ReLU and the pool and records which position of
 each 2×2 window won; the backward pass scatters each pooled gradient from that one position straight into the
 kernel, bias and input gradients. At most one convolution output in four receives a gradient, so this does at
-most a quarter of the backward arithmetic, in two operations instead of six (LeNet-5's training step: 1.9× faster,
-`benchmarks/bench_train.py`'s `unfused` column). Results equal the layers' own up to float summation order (tests/test_conv_pool.py).
+most a quarter of the backward arithmetic, in two operations instead of six (LeNet-5's training step: 1.9×
+faster, `benchmarks/bench_train.py`'s `unfused` column). Results equal the layers' own up to float summation
+order (tests/test_conv_pool.py).
 
 The C++ source is compiled on first use against the installed TensorFlow with the system's C++ compiler (`CXX`,
 default `g++`; about 10 s) and cached under `LOTTERY_KERAS_CACHE_DIR` (default `~/.cache/lottery_keras`), keyed
