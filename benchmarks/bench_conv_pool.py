@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lottery_keras import conv_pool  # noqa: E402
+from lottery_keras.nn import conv_pool  # noqa: E402
 
 # name: (input side, input channels, kernel size, filters, padding, input gradient needed in training)
 BLOCKS = {"conv1": (28, 1, 5, 6, "same", False), "conv2": (14, 6, 5, 16, "valid", True)}

@@ -4,13 +4,13 @@ For each architecture this measures, in one process, the milliseconds per traini
   (a) stock Keras: `keras.Model.fit` on numpy arrays (shuffle=True, verbose=0, Keras's default `jit_compile`)
       with `keras.optimizers.Adam`, driving the same masked `train_step` — the user experience, nothing
       subtracted (`--stock-adam fused` gives it the toolkit's `FusedAdam` instead);
-  (b) the toolkit's path, `training.CompiledLoop` with its default jit choice (`training.JIT_BY_DEFAULT`), its
-      default fused conv-pool kernels (`training.FUSED_BY_DEFAULT`: LeNet-5 on CPU) and the optimizer of
-      `training.compile_model` (`FusedAdam`), run in chunks of `--chunk` steps the way `training.Trainer` runs
+  (b) the toolkit's path: `CompiledLoop` (lottery_keras/train/loop.py) running the execution plan
+      `train/plan.py` decides for the architecture (its jit choice, fused conv-pool kernels, batch shards) with
+      the optimizer of `compile_model` (`FusedAdam`), run in chunks of `--chunk` steps the way `Trainer` runs
       them between evaluations;
   (c) the compiled loop with the opposite jit setting, to learn which setting is faster on this machine;
   (d) where (b) runs the fused conv-pool kernels, (b) without them: what the kernels bring to the whole step.
-Each model is a `MaskedModel` compiled with the loss of `training.compile_model` and given a ~50% random mask, so
+Each model is a `MaskedModel` compiled with the loss of `compile_model` and given a ~50% random mask, so
 the masking is real. Data are synthetic, of the real shapes (standard-normal images, uniform labels; 5,000 samples for
 CIFAR shapes to save memory).
 
@@ -23,7 +23,7 @@ and a method whose step takes over `--slow-s` is reported from its probe step al
 loops of convolutions on CPU: about a minute per Conv-6 step here).
 
 Each architecture is measured in its own child process, so that the toolkit's CPU thread plan for it
-(`parallelism.configure`: LeNet-5 on 2 cores runs 2 batch shards, one thread per operation) can be set before
+(`plan.apply_threads`: LeNet-5 on 2 cores runs 2 batch shards, one thread per operation) can be set before
 TensorFlow starts; stock `fit` runs in that same process, on unsharded batches. `--threads default` keeps
 TensorFlow's default thread pools (and so no shards) instead.
 
@@ -56,8 +56,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lottery_keras import parallelism, training  # noqa: E402
-from lottery_keras.models import MaskedModel, build_model, canonical_arch  # noqa: E402
+from lottery_keras.catalog import canonical_arch  # noqa: E402
+from lottery_keras.nn.models import Execution, MaskedModel, build_model  # noqa: E402
+from lottery_keras.train import loop as training  # noqa: E402
+from lottery_keras.train import plan as execution  # noqa: E402
 
 MNIST_SHAPE, CIFAR_SHAPE = (28, 28, 1), (32, 32, 3)
 LEARNING_RATE = 1.2e-3
@@ -132,10 +134,12 @@ def synthetic_data(workload: Workload, seed: int) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def masked_model(arch: str, input_shape: tuple[int, ...], seed: int, keras_adam: bool = False) -> MaskedModel:
+def masked_model(arch: str, input_shape: tuple[int, ...], seed: int, keras_adam: bool = False,
+                 model_execution: Execution | None = None) -> MaskedModel:
     """A compiled model with a ~50% random mask on every prunable layer (the same mask for a given seed), with
-    the toolkit's optimizer or, `keras_adam`, stock `keras.optimizers.Adam` (same hyperparameters)."""
-    model = build_model(arch, input_shape, seed=seed)
+    the toolkit's optimizer or, `keras_adam`, stock `keras.optimizers.Adam` (same hyperparameters), running its
+    forward pass as `model_execution` says (default: plain layers, whole batches)."""
+    model = build_model(arch, input_shape, seed=seed, execution=model_execution)
     training.compile_model(model, learning_rate=LEARNING_RATE)
     if keras_adam:
         model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE, epsilon=model.optimizer.epsilon),
@@ -169,9 +173,9 @@ def stock_fit(model: MaskedModel, x: np.ndarray, y: np.ndarray, batch_size: int)
 
 
 def compiled_loop(model: MaskedModel, x: np.ndarray, y: np.ndarray, batch_size: int, chunk: int,
-                  jit_compile: bool | None, fused_kernels: bool | None = None) -> Method:
+                  jit_compile: bool) -> Method:
     """`CompiledLoop.run` in chunks of `chunk` steps, continuing the step count across calls like `Trainer`."""
-    loop = training.CompiledLoop(model, x, y, batch_size, jit_compile=jit_compile, fused_kernels=fused_kernels)
+    loop = training.CompiledLoop(model, x, y, batch_size, jit_compile=jit_compile)
     done = 0
 
     def run(num_steps: int) -> None:
@@ -202,23 +206,26 @@ def plan_steps(step_s: float, steps: int, max_call_s: float, slow_s: float) -> i
     return max(1, min(steps, math.floor(max_call_s / step_s))) if step_s * steps > max_call_s else steps
 
 
-def measure(arch: str, workload: Workload, batch_size: int, steps: int, chunk: int, reps: int, seed: int,
-            max_call_s: float, slow_s: float, stock_adam: str, log: Callable[[str], None]) -> dict:
-    """Probe, warm up, then time the methods interleaved (rotating order); return the medians."""
+def measure(arch: str, plan: execution.ExecutionPlan, workload: Workload, batch_size: int, steps: int, chunk: int,
+            reps: int, seed: int, max_call_s: float, slow_s: float, stock_adam: str,
+            log: Callable[[str], None]) -> dict:
+    """Probe, warm up, then time the methods interleaved (rotating order); return the medians. The toolkit runs
+    `plan`; the other-jit method the same plan with the opposite jit choice (unfused under XLA)."""
     x, y = synthetic_data(workload, seed)
     steps = min(steps, training.steps_per_epoch(len(x), batch_size))  # `fit` cannot run past one epoch
     chunk = min(chunk, steps)
 
-    def model(keras_adam: bool = False) -> MaskedModel:
-        return masked_model(arch, workload.input_shape, seed, keras_adam)
+    def model(keras_adam: bool = False, fused: bool = False) -> MaskedModel:
+        return masked_model(arch, workload.input_shape, seed, keras_adam,
+                            Execution(batch_shards=plan.batch_shards, fused_conv_pool=fused))
 
-    methods = {"stock": stock_fit(model(keras_adam=stock_adam == "keras"), x, y, batch_size),
-               "toolkit": compiled_loop(model(), x, y, batch_size, chunk, jit_compile=None)}
-    methods["other_jit"] = compiled_loop(model(), x, y, batch_size, chunk,
-                                         jit_compile=not methods["toolkit"].jit_compile)
-    if methods["toolkit"].model.fused_conv_pool:
-        methods["unfused"] = compiled_loop(model(), x, y, batch_size, chunk,
-                                           jit_compile=methods["toolkit"].jit_compile, fused_kernels=False)
+    methods = {"stock": stock_fit(masked_model(arch, workload.input_shape, seed, stock_adam == "keras"), x, y,
+                                  batch_size),
+               "toolkit": compiled_loop(model(fused=plan.fused_kernels), x, y, batch_size, chunk, plan.jit_compile)}
+    methods["other_jit"] = compiled_loop(model(fused=plan.fused_kernels and plan.jit_compile), x, y, batch_size,
+                                         chunk, not plan.jit_compile)
+    if plan.fused_kernels:
+        methods["unfused"] = compiled_loop(model(), x, y, batch_size, chunk, plan.jit_compile)
     check_costs_match_model(arch, methods["stock"].model)
 
     plan, probe_s = {}, {}
@@ -253,8 +260,8 @@ def summarise(arch: str, workload: Workload, batch_size: int, chunk: int, method
     return {
         "arch": arch,
         "device": "gpu" if tf.config.list_logical_devices("GPU") else "cpu",
-        "toolkit_batch_shards": methods["toolkit"].model.batch_shards,
-        "toolkit_fused_conv_pool": methods["toolkit"].model.fused_conv_pool,
+        "toolkit_batch_shards": methods["toolkit"].model.execution.batch_shards,
+        "toolkit_fused_conv_pool": methods["toolkit"].model.execution.fused_conv_pool,
         "threads_per_op": tf.config.threading.get_intra_op_parallelism_threads() or "default",
         "batch_size": batch_size,
         "num_samples": workload.num_samples,
@@ -326,9 +333,11 @@ def measure_here(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     """Measure the one architecture of `args` in this process (a child started by `measure_in_child`)."""
     arch = canonical_arch(args.arch[0])
     if args.threads == "plan":
-        parallelism.configure(arch)  # before the first TensorFlow operation
+        plan = execution.apply_threads(execution.decide(arch))  # before the first TensorFlow operation
+    else:
+        plan = execution.decide(arch, batch_shards=1)
     workload = WORKLOADS[arch]
-    return measure(arch, workload, args.batch, args.steps or workload.steps, args.chunk, args.reps, args.seed,
+    return measure(arch, plan, workload, args.batch, args.steps or workload.steps, args.chunk, args.reps, args.seed,
                    args.max_call_s, args.slow_s, args.stock_adam, log)
 
 

@@ -1,8 +1,17 @@
 """lottery_keras: lottery tickets (Frankle & Carbin, 2019) in Keras 3 / TensorFlow.
 
-Importing the package registers the masked layers and models, so `keras.models.load_model` opens saved tickets.
-"""
+The package is organised by layer (dependencies point down the list):
 
-from lottery_keras import layers, models, optimizers  # noqa: F401  (registers the serializable classes)
+    cli.py                 the commands of run.py
+    lottery/               the IMP controller, the strategy registry, pruning criteria, run folders
+    analysis/  deploy/     reports from run folders; tickets and TFLite export
+    train/                 the compiled loop, the execution plan, the optimizer, evaluation, callbacks
+    nn/                    masked layers, the architectures, native CPU kernels
+    config.py  catalog.py  data.py  storage.py   experiments and presets, names, datasets, atomic files
+
+`import lottery_keras` and its configuration load no TensorFlow. Importing `lottery_keras.nn` (which anything that
+builds or loads a model does) registers the masked layers and models with Keras, so `keras.models.load_model`
+opens saved tickets.
+"""
 
 __version__ = "0.1.0"

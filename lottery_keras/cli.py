@@ -1,15 +1,45 @@
-"""Command line: `run.py [run] ...` (iterative magnitude pruning), `run.py report ...`, `run.py export ...`."""
+"""Command line: `run.py [run] ...` (iterative magnitude pruning), `run.py report ...`, `run.py export ...`.
+
+Parsing, `--help` and `--dry-run` load no TensorFlow; the commands that need it load it quietly (`quiet_tensorflow`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: keep its start-up chatter out
-
 COMMANDS = ("run", "report", "export")
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow without its C++ start-up logging, unless the user set TF_CPP_MIN_LOG_LEVEL.
+
+    TensorFlow's native libraries log (oneDNN notices, CUDA probes on CPU machines, …) before they read any
+    setting, so stderr is redirected at the file-descriptor level during the import; if the import fails, what it
+    wrote is replayed.
+    """
+    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # loads the device plugins, which log too
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _checked(convert, valid, requirement: str):
@@ -28,16 +58,29 @@ def _checked(convert, valid, requirement: str):
     return parse
 
 
+def _trials(text: str) -> tuple[int, ...]:
+    """`N` (trials 0 … N−1) or an inclusive range `A-B` (trials A … B): trial t runs with seed + t."""
+    first, dash, last = text.partition("-")
+    try:
+        bounds = (0, int(first) - 1) if not dash else (int(first), int(last))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a count of trials (5) nor a range (1-4)") from None
+    if bounds[0] < 0 or bounds[1] < bounds[0]:
+        raise argparse.ArgumentTypeError(f"{text} names no trial: give a count of at least 1, or a range A-B with "
+                                         "0 <= A <= B")
+    return tuple(range(bounds[0], bounds[1] + 1))
+
+
 _rate = _checked(float, lambda v: 0.0 < v < 1.0, "is not a fraction strictly between 0 and 1 (e.g. 0.2 for 20%)")
 _positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from lottery_keras.config import PRECISIONS, PRESETS, PRUNING_SCOPES
+    from lottery_keras.catalog import ARCH_ALIASES, ARCHITECTURES, INITIALIZERS, PRECISIONS
+    from lottery_keras.config import PRESETS, PRUNING_SCOPES
     from lottery_keras.data import ALIASES, DATASETS
-    from lottery_keras.imp import STRATEGIES
-    from lottery_keras.models import ARCH_ALIASES, ARCHITECTURES, INITIALIZERS
+    from lottery_keras.lottery.strategies import STRATEGIES
 
     what = parser.add_argument_group("what to run")
     what.add_argument("--dataset", required=True, choices=sorted([*DATASETS, *ALIASES]), metavar="NAME",
@@ -48,7 +91,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"{', '.join(STRATEGIES)} or all (repeatable; default magnitude_rewind)")
     what.add_argument("--preset", default="es667", choices=sorted(PRESETS),
                       help="protocol defaults: es667 (the ES667 study, default) or frankle2019 (the paper)")
-    what.add_argument("--trials", type=_positive_int, default=1, help="independent seeds (seed, seed+1, …)")
+    what.add_argument("--trials", type=_trials, default=(0,), metavar="N|A-B",
+                      help="independent seeds: N trials 0…N−1, or the range A-B (trial t uses seed + t)")
 
     protocol = parser.add_argument_group("protocol overrides (default: the preset's value)")
     protocol.add_argument("--rounds", type=_positive_int, help="IMP rounds; round 1 trains the dense network")
@@ -77,10 +121,19 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--output-dir", default="outputs", help="where run directories go (default: outputs)")
     how.add_argument("--no-tfmot-check", dest="check_tfmot", action="store_false",
                      help="skip cross-checking masks against tensorflow-model-optimization")
-    how.add_argument("--loop", choices=("compiled", "keras"), default="compiled",
-                     help="training loop: compiled on-device loop (default) or stock keras.Model.fit")
     how.add_argument("--quiet", action="store_true", help="no progress bars")
     how.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory")
+
+    plan = parser.add_argument_group("execution plan (default: what measured faster for the architecture here)")
+    plan.add_argument("--loop", choices=("compiled", "keras"), default="compiled",
+                      help="training loop: compiled on-device loop (default) or stock keras.Model.fit")
+    plan.add_argument("--jit", action=argparse.BooleanOptionalAction, dest="jit_compile",
+                      help="XLA-compile the training loop")
+    plan.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction,
+                      help="fused C++ conv-ReLU-pool kernels (CPU)")
+    plan.add_argument("--batch-shards", type=_positive_int, metavar="N",
+                      help="split each batch into N shards that run side by side")
+    plan.add_argument("--threads", type=_positive_int, metavar="N", help="threads per TensorFlow operation")
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,57 +185,65 @@ _EXPERIMENT_FIELDS = ("rounds", "iterations", "batch_size", "learning_rate", "pr
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from lottery_keras import config, imp, parallelism
+    from lottery_keras import config
+    from lottery_keras.lottery import strategies
+    from lottery_keras.lottery.paths import RunFolder
 
     experiment = config.from_preset(args.preset, args.dataset, args.arch,
                                     **{name: getattr(args, name) for name in _EXPERIMENT_FIELDS})
-    strategies = imp.resolve_strategies(args.strategy or ["magnitude_rewind"])
-    run_dir = imp.run_dir_for(experiment, args.output_dir)
+    names = strategies.resolve(args.strategy or [strategies.WINNING_TICKET])
+    folder = RunFolder.for_experiment(experiment, args.output_dir)
     if args.dry_run:
         print(f"preset: {args.preset}")
         for key, value in experiment.to_dict().items():
             print(f"  {key}: {value}")
-        print(f"strategies: {', '.join(strategies)}; trials: {args.trials}")
-        print(f"run directory: {run_dir}")
+        print(f"strategies: {', '.join(names)}; trials: {', '.join(map(str, args.trials))}")
+        print(f"run directory: {folder.directory}")
         return 0
-    plan = parallelism.configure(experiment.arch)  # before TensorFlow's runtime starts
-    if plan is not None and not args.quiet:
-        print(f"CPU plan: batches in {plan.batch_shards} shards on {plan.inter_op_threads} cores, "
-              f"{plan.intra_op_threads} thread per operation")
-    options = imp.RunOptions(strategies=strategies, trials=args.trials, check_tfmot=args.check_tfmot,
-                             loop=args.loop, verbose=not args.quiet)
-    run_dir = imp.run_experiment(experiment, args.output_dir, args.data_dir, options)
-    print(f"\nResults in {run_dir} (mean over {args.trials} trial(s)):")
-    print(imp.summary_table(run_dir).to_string())
+    quiet_tensorflow()
+    from lottery_keras.lottery import controller
+    from lottery_keras.train import plan as execution
+
+    plan = execution.apply_threads(execution.decide(  # before TensorFlow's runtime starts
+        experiment.arch, loop=args.loop, jit_compile=args.jit_compile, fused_kernels=args.fused_kernels,
+        batch_shards=args.batch_shards, threads=args.threads))
+    if not args.quiet:
+        print(f"execution plan: {plan.describe()}")
+    options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,
+                                    verbose=not args.quiet)
+    folder = controller.run_experiment(experiment, args.output_dir, args.data_dir, options)
+    print(f"\nResults in {folder.directory} (mean over its finished trials):")
+    print(controller.summary_table(folder).to_string())
     return 0
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from lottery_keras import report
+    from lottery_keras.analysis import report
 
     folder = report.write_report([Path(p) for p in args.run_dirs], Path(args.output_dir) if args.output_dir else None)
     print(f"report written to {folder / 'report.md'}")
     return 0
 
 
-def _dataset_of(ticket: Path) -> str:
-    """The dataset of the run a ticket belongs to (round → strategy → trial → run directory)."""
-    from lottery_keras import imp
-
-    for run_dir in ticket.parents[:4]:
-        if (run_dir / "config.json").is_file():
-            return imp.recorded_experiment(run_dir).dataset
-    raise ValueError(f"{ticket} is not inside a run directory; pass --dataset to say which test data to use")
-
-
 def command_export(args: argparse.Namespace) -> int:
-    from lottery_keras import data, export
+    quiet_tensorflow()
+    from lottery_keras import data
+    from lottery_keras.deploy import tflite
+    from lottery_keras.deploy.tickets import resolve_ticket
+    from lottery_keras.lottery.paths import RunFolder, RunFolderError
 
-    ticket = export.resolve_ticket(Path(args.target), args.round_index, args.strategy, args.trial)
-    splits = data.load(args.dataset or _dataset_of(ticket), args.data_dir)
+    ticket = resolve_ticket(Path(args.target), args.round_index, args.strategy, args.trial)
+    dataset = args.dataset
+    if dataset is None:
+        try:
+            dataset = RunFolder.containing(ticket).experiment().dataset
+        except RunFolderError:
+            raise ValueError(f"{ticket} is not inside a run directory; pass --dataset to say which test data to "
+                             "use") from None
+    splits = data.load(dataset, args.data_dir)
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
     output_dir = Path(args.output_dir) if args.output_dir else ticket.parent
-    table = export.export_ticket(ticket, splits, formats, output_dir, args.test_limit)
+    table = tflite.export_ticket(ticket, splits, formats, output_dir, args.test_limit)
     print(f"{ticket} → {output_dir}")
     print(table.drop(columns=["file", "ticket"]).to_string(index=False))
     return 0
@@ -195,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from lottery_keras.data import DataError
-    from lottery_keras.pruning import PruningCrossCheckError
+    from lottery_keras.lottery.pruning import PruningCrossCheckError
 
     try:
         return {"run": command_run, "report": command_report, "export": command_export}[args.command](args)

@@ -1,9 +1,10 @@
 """Experiment configuration: one frozen dataclass, named presets, and a hash that names the run directory.
 
-Every field of `Experiment` but `rounds` changes what a round produces, so all others go into the hash; `rounds`
-only says how far to go, so a run extended by more rounds continues in its own directory. How a run is executed
-(trials, strategies, folders, progress) is passed to the controller separately. Two commands that resolve to
-the same `Experiment` share a directory and resume each other's work; any difference gives a new directory.
+Every field of `Experiment` that changes what a round produces goes into the hash: all but `rounds`, which only
+says how far to go (a run extended by more rounds continues in its own directory), and, under global pruning,
+the conv and output rates it does not use. How a run is executed (trials, strategies, folders, the execution
+plan) is passed to the controller separately. Two commands that resolve to the same `Experiment` share a
+directory and resume each other's work; any difference gives a new directory. Imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import dataclasses
 import hashlib
 import json
 
+from lottery_keras.catalog import INITIALIZERS, PRECISIONS, canonical_arch
 from lottery_keras.data import DATASETS, canonical_name
-from lottery_keras.models import INITIALIZERS, PRECISION_POLICIES, canonical_arch
 
-PRECISIONS = tuple(PRECISION_POLICIES)
 PRUNING_SCOPES = ("layerwise", "global")
 
 
@@ -58,7 +58,8 @@ class Experiment:
         if self.init not in INITIALIZERS:
             raise ValueError(f"unknown init {self.init!r}; choose one of: {', '.join(INITIALIZERS)}")
         if self.pruning_scope not in PRUNING_SCOPES:
-            raise ValueError(f"unknown pruning scope {self.pruning_scope!r}; choose one of: {', '.join(PRUNING_SCOPES)}")
+            raise ValueError(f"unknown pruning scope {self.pruning_scope!r}; choose one of: "
+                             f"{', '.join(PRUNING_SCOPES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
@@ -67,7 +68,8 @@ class Experiment:
 
     @property
     def hash(self) -> str:
-        hashed = {key: value for key, value in self.to_dict().items() if key != "rounds"}
+        unused = {"rounds"} | ({"prune_conv", "prune_output"} if self.pruning_scope == "global" else set())
+        hashed = {key: value for key, value in self.to_dict().items() if key not in unused}
         return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
 
     @property
@@ -76,7 +78,7 @@ class Experiment:
 
     @property
     def rates_by_kind(self) -> dict[str, float]:
-        """Pruning rate per layer kind ('fc', 'conv', 'output'), as `pruning.layer_kinds` names them."""
+        """Pruning rate per layer kind ('fc', 'conv', 'output', as the models declare them); layerwise scope."""
         return {"fc": self.prune_fc, "conv": self.prune_conv, "output": self.prune_output}
 
 
@@ -109,6 +111,7 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
     """The preset's protocol for (dataset, arch), with `overrides` (None values ignored) on top.
 
     `prune_rate` sets all three per-layer-kind rates at once; the specific `prune_fc/conv/output` win over it.
+    Global pruning uses the fc rate alone, so only that rate enters its hash.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -124,4 +127,7 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
     if unknown:
         raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
     values.update(overrides)
+    if values.get("pruning_scope") == "global" and {"prune_conv", "prune_output"} & set(overrides):
+        raise ValueError("global pruning uses one rate for all layers (--prune-fc or --prune-rate); "
+                         "--prune-conv and --prune-output apply to layerwise pruning only")
     return Experiment(dataset=dataset, arch=arch, **values)

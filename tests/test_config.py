@@ -1,5 +1,7 @@
 """Presets, overrides, validation and the run hash."""
 
+import dataclasses
+
 import pytest
 
 from lottery_keras import config
@@ -58,3 +60,16 @@ def test_the_hash_names_the_run_and_ignores_only_the_number_of_rounds():
     assert base.run_name == config.from_preset("es667", "fashion_mnist", "lenet300_100", rounds=3).run_name
     for change in ({"seed": 1}, {"learning_rate": 1e-3}, {"prune_fc": 0.2}, {"precision": "bfloat16"}):
         assert config.from_preset("es667", "fashion", "lenet_fc", **change).run_name != base.run_name
+
+
+def test_global_pruning_hashes_only_the_rate_it_uses():
+    def experiment(**overrides):
+        return config.from_preset("frankle2019", "mnist", "lenet5", pruning_scope="global", **overrides)
+
+    base = experiment()
+    assert dataclasses.replace(base, prune_conv=0.5, prune_output=0.05).hash == base.hash
+    assert experiment(prune_fc=0.3).hash != base.hash
+    layerwise = config.from_preset("frankle2019", "mnist", "lenet5")
+    assert dataclasses.replace(layerwise, prune_conv=0.5).hash != layerwise.hash
+    with pytest.raises(ValueError, match="--prune-conv and --prune-output apply to layerwise pruning only"):
+        experiment(prune_conv=0.9)

@@ -1,4 +1,4 @@
-"""The fused conv-pool kernels (lottery_keras/conv_pool.py): built from source, equal to TensorFlow's own
+"""The fused conv-pool kernels (lottery_keras/nn/conv_pool.py): built from source, equal to TensorFlow's own
 convolution → bias → ReLU → max-pool and its gradients, and used by the compiled loop where it should."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_keras import conv_pool, models, training
+from lottery_keras.nn import conv_pool, models
+from lottery_keras.train import loop as training
+from lottery_keras.train import plan as execution
 
 pytestmark = pytest.mark.skipif(not conv_pool.available(), reason="no C++ compiler to build the fused kernels")
 
@@ -77,7 +79,9 @@ def test_without_the_kernels_models_warn_once_and_train_on_plain_layers():
     """A fresh process with no compiler: one warning, then the compiled loop runs TensorFlow's own ops."""
     script = """
 import warnings, numpy as np
-from lottery_keras import conv_pool, models, training
+from lottery_keras.nn import conv_pool, models
+from lottery_keras.train import loop as training
+from lottery_keras.train import plan as execution
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     assert not conv_pool.available() and not conv_pool.available()
@@ -85,8 +89,10 @@ print(len(caught), str(caught[0].message))
 model = models.build_model("lenet5", (28, 28, 1), seed=0)
 training.compile_model(model, 1e-3)
 x = np.zeros((120, 28, 28, 1), np.float32); y = np.zeros(120, np.int32)
-training.CompiledLoop(model, x, y, 60, jit_compile=False).run(0, 0, 2)
-print(model.fused_conv_pool, int(model.optimizer.iterations.numpy()))
+from lottery_keras.train import plan
+print(plan.decide("lenet5", device="cpu").fused_kernels)
+training.CompiledLoop(model, x, y, 60).run(0, 0, 2)
+print(int(model.optimizer.iterations.numpy()))
 """
     env = {"CXX": "no-such-compiler", "LOTTERY_KERAS_CACHE_DIR": "/nonexistent/cache", "TF_CPP_MIN_LOG_LEVEL": "3",
            "PATH": "/usr/bin:/bin"}
@@ -94,15 +100,16 @@ print(model.fused_conv_pool, int(model.optimizer.iterations.numpy()))
     assert result.returncode == 0, result.stderr[-2000:]
     count, message = result.stdout.splitlines()[0].split(" ", 1)
     assert count == "1" and "fused conv-pool kernels unavailable" in message and "install g++" in message
-    assert result.stdout.splitlines()[1] == "False 2"
+    assert result.stdout.splitlines()[1:3] == ["False", "2"]
 
 
 def test_lenet5_trains_the_same_weights_fused_as_with_the_layers(mnist_small):
     """30 real-MNIST Adam steps of a masked LeNet-5: fused kernels against the plain layers, same batches."""
     x, y = mnist_small.x_train[:3000], mnist_small.y_train[:3000]
     twins = []
-    for _ in range(2):
-        model = models.build_model("lenet5", (28, 28, 1), seed=3)
+    for fused_conv_pool in (True, False):
+        model = models.build_model("lenet5", (28, 28, 1), seed=3,
+                                   execution=models.Execution(fused_conv_pool=fused_conv_pool))
         rng = np.random.default_rng(4)
         model.set_masks({layer.name: (rng.random(layer.kernel.shape) < 0.5).astype(np.float32)
                          for layer in model.masked_layers()})
@@ -110,9 +117,8 @@ def test_lenet5_trains_the_same_weights_fused_as_with_the_layers(mnist_small):
         twins.append(model)
     fused, plain = twins
     theta0 = plain.get_weights()
-    training.CompiledLoop(fused, x, y, 60, jit_compile=False, batch_shards=1, fused_kernels=True).run(5, 0, 30)
-    training.CompiledLoop(plain, x, y, 60, jit_compile=False, batch_shards=1, fused_kernels=False).run(5, 0, 30)
-    assert fused.fused_conv_pool and not plain.fused_conv_pool
+    training.CompiledLoop(fused, x, y, 60).run(5, 0, 30)
+    training.CompiledLoop(plain, x, y, 60).run(5, 0, 30)
     assert max(float(np.max(np.abs(w - w0))) for w, w0 in zip(plain.get_weights(), theta0)) > 1e-2
     for a, b in zip(fused.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -120,16 +126,15 @@ def test_lenet5_trains_the_same_weights_fused_as_with_the_layers(mnist_small):
         assert np.all(keras.ops.convert_to_numpy(layer.kernel)[keras.ops.convert_to_numpy(layer.mask) == 0] == 0)
 
 
-def test_the_compiled_loop_fuses_lenet5_on_cpu_by_default_and_never_under_xla():
+def test_the_plan_fuses_lenet5_on_cpu_by_default_and_never_under_xla():
     x, y = np.zeros((120, 28, 28, 1), np.float32), np.zeros(120, np.int32)
-    lenet5 = models.build_model("lenet5", (28, 28, 1), seed=0)
+    plan = execution.decide("lenet5", device="cpu")
+    assert plan.fused_kernels and not plan.jit_compile
+    assert not execution.decide("lenet5", device="cpu", jit_compile=True).fused_kernels
+    lenet5 = models.build_model("lenet5", (28, 28, 1), seed=0, execution=plan.model_execution)
     training.compile_model(lenet5, 1e-3)
-    training.CompiledLoop(lenet5, x, y, 60, jit_compile=False)
-    assert lenet5.fused_conv_pool
     graph = tf.function(lenet5).get_concrete_function(tf.TensorSpec([60, 28, 28, 1], tf.float32)).graph
-    assert sum(op.type == "LotteryBiasReluMaxPool" for op in graph.get_operations()) == 2 * lenet5.batch_shards
+    assert sum(op.type == "LotteryBiasReluMaxPool" for op in graph.get_operations()) == 2 * plan.batch_shards
     assert not any(op.type == "MaxPool" for op in graph.get_operations())
-    training.CompiledLoop(lenet5, x, y, 60, jit_compile=True)
-    assert not lenet5.fused_conv_pool
     with pytest.raises(ValueError, match="XLA cannot compile"):
-        training.CompiledLoop(lenet5, x, y, 60, jit_compile=True, fused_kernels=True)
+        training.CompiledLoop(lenet5, x, y, 60, jit_compile=True)

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_keras import layers, models, training
+from lottery_keras import catalog
+from lottery_keras.nn import layers, models
+from lottery_keras.train import loop as training
+from lottery_keras.train.plan import ExecutionPlan
 
 MNIST_SHAPE, CIFAR_SHAPE = (28, 28, 1), (32, 32, 3)
 
@@ -66,7 +69,7 @@ def test_lenet5_layer_shapes():
     ("lenet_conv", "lenet5"), ("Conv6", "conv6"),
 ])
 def test_architecture_aliases(alias, canonical):
-    assert models.canonical_arch(alias) == canonical
+    assert catalog.canonical_arch(alias) == canonical
 
 
 def test_unknown_architecture_names_the_choices():
@@ -167,7 +170,7 @@ def test_batch_shards_compute_the_same_outputs(shards, batch):
     model = models.build_model("lenet5", (28, 28, 1), seed=0)
     x = np.random.default_rng(0).normal(size=(batch, 28, 28, 1)).astype(np.float32)
     whole = keras.ops.convert_to_numpy(model(x))
-    model.batch_shards = shards
+    model = models.build_model("lenet5", (28, 28, 1), seed=0, execution=models.Execution(batch_shards=shards))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), whole, rtol=1e-5, atol=1e-5)
     unknown_batch = tf.function(model, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
     np.testing.assert_allclose(unknown_batch(x).numpy(), whole, rtol=1e-5, atol=1e-5)
@@ -176,8 +179,7 @@ def test_batch_shards_compute_the_same_outputs(shards, batch):
 def test_batch_shards_split_the_trunk_into_independent_chains_and_run_the_head_once():
     """The point of sharding: one copy of each convolution per shard, so the inter-op pool can run them on
     different cores; the dense head (three matrix products) runs once, on the whole batch."""
-    model = models.build_model("lenet5", (28, 28, 1), seed=0)
-    model.batch_shards = 2
+    model = models.build_model("lenet5", (28, 28, 1), seed=0, execution=models.Execution(batch_shards=2))
     graph = tf.function(model).get_concrete_function(tf.TensorSpec([60, 28, 28, 1], tf.float32)).graph
     assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 4
     assert sum(op.type == "MatMul" for op in graph.get_operations()) == 3
@@ -207,6 +209,39 @@ def test_masked_layers_alone():
     assert conv.compute_output_shape((None, 8, 8, 2)) == (None, 6, 6, 5)
     same = layers.MaskedConv2D(5, 3, "same")
     assert tuple(same(np.ones((1, 8, 8, 2), np.float32)).shape) == (1, 8, 8, 5)
+
+
+@pytest.mark.parametrize("kernel_size, strides, padding, size", [
+    (3, 1, "valid", 8), (3, 2, "valid", 9), (5, 2, "valid", 8), (3, 2, "same", 9), (4, 3, "same", 10),
+    (1, 1, "same", 7),
+])
+def test_masked_conv_output_shape_for_any_stride_and_padding(kernel_size, strides, padding, size):
+    """`compute_output_shape` (what functional models use) agrees with the layer's own output and with Keras's
+    Conv2D, whose stride and padding arithmetic it must follow."""
+    masked = layers.MaskedConv2D(5, kernel_size, padding, strides=strides)
+    plain = keras.layers.Conv2D(5, kernel_size, strides=strides, padding=padding)
+    x = np.ones((1, size, size + 1, 2), np.float32)
+    expected = tuple(plain(x).shape)
+    assert tuple(masked(x).shape) == expected
+    assert masked.compute_output_shape((1, size, size + 1, 2)) == expected
+    assert masked.compute_output_shape((None, None, size + 1, 2)) == (None, None, *expected[2:])
+
+
+@pytest.mark.parametrize("arch, kinds", [
+    ("lenet300_100", {"fc1": "fc", "fc2": "fc", "output": "output"}),
+    ("lenet5", {"conv1": "conv", "conv2": "conv", "fc1": "fc", "fc2": "fc", "output": "output"}),
+    ("conv2", {"conv1": "conv", "conv2": "conv", "fc1": "fc", "fc2": "fc", "output": "output"}),
+])
+def test_models_declare_their_layer_kinds(arch, kinds):
+    model = models.build_model(arch, (32, 32, 3) if arch == "conv2" else MNIST_SHAPE)
+    assert model.layer_kinds() == kinds
+    assert list(model.layer_kinds()) == [layer.name for layer in model.masked_layers()]  # forward order
+    assert model.arch == arch
+
+
+def test_the_catalog_names_every_architecture_and_initializer():
+    assert set(models.ARCHITECTURES) == set(catalog.ARCHITECTURES)
+    assert set(models.INITIALIZERS) == set(catalog.INITIALIZERS)
 
 
 def test_masked_conv_matches_keras_conv():
@@ -250,11 +285,12 @@ def _train_and_check_zeros(splits, arch, model_seed, keep, mask_seed, iterations
 
 @pytest.mark.parametrize("loop, jit", [("compiled", False), ("compiled", True), ("keras", None)])
 def test_pruned_weights_stay_exactly_zero_after_200_adam_steps(mnist_small, loop, jit):
-    _train_and_check_zeros(mnist_small, "lenet300_100", 5, 0.2, 1, 200, loop=loop, jit_compile=jit)
+    _train_and_check_zeros(mnist_small, "lenet300_100", 5, 0.2, 1, 200,
+                           plan=ExecutionPlan(loop=loop, jit_compile=bool(jit)))
 
 
 def test_pruned_conv_weights_stay_zero_with_augmentation(mnist_small):
-    _train_and_check_zeros(mnist_small, "lenet5", 2, 0.5, 2, 40, augment=True, jit_compile=False)
+    _train_and_check_zeros(mnist_small, "lenet5", 2, 0.5, 2, 40, augment=True, plan=ExecutionPlan())
 
 
 # ------------------------------------------------------------------------------------------------------ saving
@@ -266,7 +302,7 @@ def test_masks_and_weights_survive_save_and_load(tmp_path, mnist_small, arch):
     model.set_masks(masks)
     training.compile_model(model, 1.2e-3)
     training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=30, batch_size=60,
-                   eval_every=30, seed=1, jit_compile=False)
+                   eval_every=30, seed=1, plan=ExecutionPlan())
     path = tmp_path / f"{arch}.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -285,7 +321,7 @@ def test_masks_and_weights_survive_save_and_load(tmp_path, mnist_small, arch):
     # the loaded ticket keeps its masks when it trains on
     training.compile_model(loaded, 1.2e-3)
     training.train(loaded, mnist_small.x_train, mnist_small.y_train, iterations=20, batch_size=60,
-                   eval_every=20, seed=2, jit_compile=False)
+                   eval_every=20, seed=2, plan=ExecutionPlan())
     for name, kernel in kernels(loaded).items():
         assert np.all(kernel[masks[name] == 0] == 0.0)
     assert not np.array_equal(kernels(loaded)["output"], kernels(model)["output"])

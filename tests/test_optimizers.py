@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_keras import models, training
-from lottery_keras.optimizers import FusedAdam
+from lottery_keras.nn import models
+from lottery_keras.train import loop as training
+from lottery_keras.train.optimizers import FusedAdam
 
 
 def numpy_adam(theta, grads, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):

@@ -3,7 +3,9 @@
 import keras
 import numpy as np
 
-from lottery_keras import callbacks, models, training
+from lottery_keras.nn import models
+from lottery_keras.train import callbacks
+from lottery_keras.train import loop as training
 
 
 def train_one_epoch(splits, precision):

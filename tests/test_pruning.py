@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from lottery_keras import pruning
+from lottery_keras.lottery import pruning
 
 
 @pytest.fixture
 def layers():
     rng = np.random.default_rng(0)
-    weights = {"fc1": rng.normal(size=(784, 300)), "fc2": rng.normal(size=(300, 100)), "out": rng.normal(size=(100, 10))}
+    weights = {"fc1": rng.normal(size=(784, 300)), "fc2": rng.normal(size=(300, 100)),
+               "out": rng.normal(size=(100, 10))}
     masks = {name: np.ones(w.shape, np.float32) for name, w in weights.items()}
     return weights, masks
 
@@ -82,11 +83,6 @@ def test_global_pruning_uses_one_threshold_and_keeps_every_layer_alive(layers):
     kept = np.concatenate([np.abs(weights[n])[new[n] == 1] for n in ("fc1", "fc2")])
     dropped = np.concatenate([np.abs(weights[n])[new[n] == 0] for n in ("fc1", "fc2")])
     assert dropped.max() <= kept.min()
-
-
-def test_layer_kinds_marks_convs_and_the_output_layer():
-    kinds = pruning.layer_kinds(["conv1", "conv2", "fc1", "output"], {"conv1", "conv2"})
-    assert kinds == {"conv1": "conv", "conv2": "conv", "fc1": "fc", "output": "output"}
 
 
 def test_masks_agree_with_tfmot(layers):

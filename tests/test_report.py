@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lottery_keras import config, imp, report
+from lottery_keras import config
+from lottery_keras.analysis import report
+from lottery_keras.lottery import controller as imp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,8 +23,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def run_dir(tmp_path_factory) -> Path:
     experiment = config.from_preset("es667", "mnist", "lenet300_100", rounds=3, iterations=60, eval_every=30,
                                     train_subset=600, batch_size=60)
-    options = imp.RunOptions(strategies=["all"], trials=2, check_tfmot=False, verbose=False)
-    return imp.run_experiment(experiment, output_dir=tmp_path_factory.mktemp("runs"), options=options)
+    options = imp.RunOptions(strategies=["all"], trials=(0, 1), check_tfmot=False, verbose=False)
+    return imp.run_experiment(experiment, output_dir=tmp_path_factory.mktemp("runs"), options=options).directory
 
 
 @pytest.fixture(scope="module")

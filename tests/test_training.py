@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_keras import callbacks, conv_pool, models, training
+from lottery_keras.nn import conv_pool, models
+from lottery_keras.train import callbacks, evaluation
+from lottery_keras.train import loop as training
+from lottery_keras.train.plan import ExecutionPlan
 
 MNIST_SHAPE = (28, 28, 1)
 
@@ -51,7 +54,7 @@ def test_batch_indices_within_an_epoch_are_disjoint_and_cover_the_epoch():
     num_samples, batch_size = 1_000, 60
     spe = training.steps_per_epoch(num_samples, batch_size)
     assert spe == 16
-    epoch0 = [training.batch_indices(7, step, num_samples, batch_size) for step in range(spe)]
+    epoch0 = [batch_indices(7, step, num_samples, batch_size) for step in range(spe)]
     assert all(len(batch) == batch_size for batch in epoch0)
     flat = np.concatenate(epoch0)
     assert len(np.unique(flat)) == spe * batch_size  # pairwise disjoint
@@ -59,12 +62,12 @@ def test_batch_indices_within_an_epoch_are_disjoint_and_cover_the_epoch():
     assert not np.array_equal(flat, np.arange(spe * batch_size))  # shuffled
     # the epoch is a slice of the epoch permutation; the next epoch draws a new one
     np.testing.assert_array_equal(flat, training.epoch_permutation(7, 0, num_samples).numpy()[:spe * batch_size])
-    epoch1 = np.concatenate([training.batch_indices(7, spe + step, num_samples, batch_size) for step in range(spe)])
+    epoch1 = np.concatenate([batch_indices(7, spe + step, num_samples, batch_size) for step in range(spe)])
     assert len(np.unique(epoch1)) == spe * batch_size
     assert not np.array_equal(epoch1, flat)
     # deterministic in (seed, step), different for another seed
-    np.testing.assert_array_equal(training.batch_indices(7, 5, num_samples, batch_size), epoch0[5])
-    assert not np.array_equal(training.batch_indices(8, 5, num_samples, batch_size), epoch0[5])
+    np.testing.assert_array_equal(batch_indices(7, 5, num_samples, batch_size), epoch0[5])
+    assert not np.array_equal(batch_indices(8, 5, num_samples, batch_size), epoch0[5])
 
 
 def test_epoch_permutation_is_a_permutation():
@@ -168,9 +171,11 @@ def test_train_rejects_bad_arguments(mnist_small):
     with pytest.raises(ValueError):
         training.train(model, x, y, iterations=10, batch_size=60, eval_every=0, seed=0)
     with pytest.raises(ValueError, match="compiled"):
-        training.train(model, x, y, iterations=10, batch_size=60, eval_every=5, seed=0, loop="eager")
+        training.train(model, x, y, iterations=10, batch_size=60, eval_every=5, seed=0,
+                       plan=ExecutionPlan(loop="eager"))
     with pytest.raises(ValueError, match="augment"):
-        training.train(model, x, y, iterations=10, batch_size=60, eval_every=5, seed=0, loop="keras", augment=True)
+        training.train(model, x, y, iterations=10, batch_size=60, eval_every=5, seed=0,
+                       plan=ExecutionPlan(loop="keras"), augment=True)
     with pytest.raises(ValueError, match="fewer than one batch"):
         training.train(model, x[:50], y[:50], iterations=10, batch_size=60, eval_every=5, seed=0)
 
@@ -180,10 +185,11 @@ def test_train_rejects_bad_arguments(mnist_small):
 N_SAMPLES, BATCH, STEPS, SEED = 1_200, 60, 50, 3  # 20 steps per epoch: 50 steps cross two epoch boundaries
 
 
-def _twin_models(masks_seed: int = 11, arch: str = "lenet300_100"):
+def _twin_models(masks_seed: int = 11, arch: str = "lenet300_100", execution: models.Execution | None = None):
+    """Two identical compiled models; the first runs its forward pass as `execution` says."""
     twins = []
-    for _ in range(2):
-        model = models.build_model(arch, MNIST_SHAPE, seed=9)
+    for twin_execution in (execution, None):
+        model = models.build_model(arch, MNIST_SHAPE, seed=9, execution=twin_execution)
         model.set_masks(random_masks(model, keep=0.5, seed=masks_seed))
         training.compile_model(model, 1.2e-3)
         training.reset_optimizer(model)
@@ -191,8 +197,15 @@ def _twin_models(masks_seed: int = 11, arch: str = "lenet300_100"):
     return twins
 
 
+def batch_indices(seed: int, step: int, num_samples: int, batch_size: int) -> np.ndarray:
+    """The training indices of global step `step` (0-based) under the compiled loop's sampling."""
+    epoch, position = divmod(step, training.steps_per_epoch(num_samples, batch_size))
+    perm = training.epoch_permutation(seed, epoch, num_samples).numpy()
+    return perm[position * batch_size:(position + 1) * batch_size]
+
+
 def _fit_on_schedule(model, x, y, seed: int) -> None:
-    order = np.concatenate([training.batch_indices(seed, step, len(x), BATCH) for step in range(STEPS)])
+    order = np.concatenate([batch_indices(seed, step, len(x), BATCH) for step in range(STEPS)])
     assert len(order) == STEPS * BATCH
     model.fit(x[order], y[order], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
 
@@ -218,14 +231,12 @@ def test_compiled_loop_matches_fit_on_the_same_batches(mnist_small, jit):
 @pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.skipif(
     not conv_pool.available(), reason="no C++ compiler to build the fused kernels"))])
 def test_sharded_loop_matches_unsharded_fit_on_the_same_batches(mnist_small, fused):
-    """Two batch shards on LeNet-5 (the CPU plan of `parallelism.py`), with or without the fused conv-pool
-    kernels (`conv_pool.py`), train the same weights as whole batches through the layers."""
+    """Two batch shards on LeNet-5 (the CPU plan of `plan.py`), with or without the fused conv-pool kernels
+    (`conv_pool.py`), train the same weights as whole batches through the layers."""
     x, y = mnist_small.x_train[:N_SAMPLES], mnist_small.y_train[:N_SAMPLES]
-    sharded, fitted = _twin_models(arch="lenet5")
+    sharded, fitted = _twin_models(arch="lenet5", execution=models.Execution(batch_shards=2, fused_conv_pool=fused))
     theta0 = sharded.get_weights()
-    training.CompiledLoop(sharded, x, y, BATCH, jit_compile=False, batch_shards=2,
-                          fused_kernels=fused).run(SEED, 0, STEPS)
-    assert sharded.batch_shards == 2 and fitted.batch_shards == 1
+    training.CompiledLoop(sharded, x, y, BATCH).run(SEED, 0, STEPS)
     _fit_on_schedule(fitted, x, y, SEED)
     assert max(float(np.max(np.abs(w - w0))) for w, w0 in zip(sharded.get_weights(), theta0)) > 1e-2
     for a, b in zip(sharded.get_weights(), fitted.get_weights()):
@@ -236,7 +247,7 @@ def test_compiled_loop_comparison_is_sensitive_to_batch_order(mnist_small):
     """The tolerance above cannot hide a wrong schedule: another order gives clearly different weights."""
     x, y = mnist_small.x_train[:N_SAMPLES], mnist_small.y_train[:N_SAMPLES]
     compiled, fitted = _twin_models()
-    training.CompiledLoop(compiled, x, y, BATCH, jit_compile=False).run(SEED, 0, STEPS)
+    training.CompiledLoop(compiled, x, y, BATCH).run(SEED, 0, STEPS)
     _fit_on_schedule(fitted, x, y, SEED + 1)
     assert not all(np.allclose(a, b, rtol=1e-4, atol=1e-4)
                    for a, b in zip(compiled.get_weights(), fitted.get_weights()))
@@ -246,8 +257,8 @@ def test_compiled_loop_resumes_anywhere(mnist_small):
     """Steps 0..24 then 25..49 (resuming mid-epoch) equal steps 0..49 in one call."""
     x, y = mnist_small.x_train[:N_SAMPLES], mnist_small.y_train[:N_SAMPLES]
     whole, chunked = _twin_models()
-    training.CompiledLoop(whole, x, y, BATCH, jit_compile=False).run(SEED, 0, STEPS)
-    loop = training.CompiledLoop(chunked, x, y, BATCH, jit_compile=False)
+    training.CompiledLoop(whole, x, y, BATCH).run(SEED, 0, STEPS)
+    loop = training.CompiledLoop(chunked, x, y, BATCH)
     loop.run(SEED, 0, 25)
     loop.run(SEED, 25, STEPS - 25)
     for a, b in zip(whole.get_weights(), chunked.get_weights()):
@@ -293,7 +304,7 @@ def test_train_calls_callbacks_at_every_chunk_end(mnist_small):
     model.optimizer.iterations.assign(77)  # train() starts from a fresh optimizer
     spy = _Spy()
     training.train(model, mnist_small.x_train[:600], mnist_small.y_train[:600], iterations=25, batch_size=60,
-                   eval_every=10, seed=0, callbacks=[spy], jit_compile=False)
+                   eval_every=10, seed=0, callbacks=[spy], plan=ExecutionPlan())
     assert spy.events == [("begin", 0), ("batch", 10), ("batch", 20), ("batch", 25), ("end", 25)]
 
 
@@ -302,7 +313,7 @@ def test_keras_loop_stops_after_the_requested_iterations(mnist_small):
     training.compile_model(model, 1e-3)
     spy = _Spy()
     training.train(model, mnist_small.x_train[:600], mnist_small.y_train[:600], iterations=25, batch_size=60,
-                   eval_every=10, seed=0, callbacks=[spy], loop="keras")
+                   eval_every=10, seed=0, callbacks=[spy], plan=ExecutionPlan(loop="keras"))
     assert int(model.optimizer.iterations.numpy()) == 25
     assert [it for kind, it in spy.events if kind == "batch"] == list(range(1, 26))
 
@@ -313,22 +324,22 @@ def test_ece_hand_built_example():
     probs = np.array([[0.95, 0.05], [0.05, 0.95], [0.65, 0.35], [0.35, 0.65]])
     labels = np.array([0, 0, 0, 1])
     # confidence 0.95: 1 of 2 right -> |0.5 - 0.95| = 0.45; confidence 0.65: 2 of 2 right -> 0.35; weights 1/2
-    assert callbacks.expected_calibration_error(probs, labels, bins=10) == pytest.approx(0.4)
-    assert callbacks.expected_calibration_error(probs, labels) == pytest.approx(0.4)
+    assert evaluation.expected_calibration_error(probs, labels, bins=10) == pytest.approx(0.4)
+    assert evaluation.expected_calibration_error(probs, labels) == pytest.approx(0.4)
 
 
 def test_ece_unequal_bins():
     probs = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.45, 0.3, 0.25]])
     labels = np.array([0, 1, 1])
-    assert callbacks.expected_calibration_error(probs, labels, bins=10) == pytest.approx(2 / 3 * 0.1 + 1 / 3 * 0.45)
+    assert evaluation.expected_calibration_error(probs, labels, bins=10) == pytest.approx(2 / 3 * 0.1 + 1 / 3 * 0.45)
 
 
 def test_ece_of_calibrated_and_certain_predictions_is_zero():
     calibrated = np.tile([0.75, 0.15, 0.10], (4, 1))
-    assert callbacks.expected_calibration_error(calibrated, np.array([0, 0, 0, 2])) == pytest.approx(0.0, abs=1e-12)
+    assert evaluation.expected_calibration_error(calibrated, np.array([0, 0, 0, 2])) == pytest.approx(0.0, abs=1e-12)
     certain = np.eye(3)[[0, 2, 1, 1]]
-    assert callbacks.expected_calibration_error(certain, np.array([0, 2, 1, 1])) == pytest.approx(0.0, abs=1e-12)
-    assert callbacks.expected_calibration_error(certain, np.array([1, 0, 0, 0])) == pytest.approx(1.0)
+    assert evaluation.expected_calibration_error(certain, np.array([0, 2, 1, 1])) == pytest.approx(0.0, abs=1e-12)
+    assert evaluation.expected_calibration_error(certain, np.array([1, 0, 0, 0])) == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------- LeNet-300-100 on real MNIST
@@ -345,7 +356,7 @@ def trained(mnist):
     recorder = callbacks.EarlyStopRecorder((mnist.x_val, mnist.y_val), (mnist.x_test, mnist.y_test),
                                            eval_every=EVAL_EVERY, iterations=ITERATIONS, train=train_subset)
     training.train(model, mnist.x_train, mnist.y_train, iterations=ITERATIONS, batch_size=60,
-                   eval_every=EVAL_EVERY, seed=0, callbacks=[recorder], jit_compile=False)
+                   eval_every=EVAL_EVERY, seed=0, callbacks=[recorder], plan=ExecutionPlan())
     return model, recorder
 
 
@@ -402,7 +413,7 @@ def test_recorder_test_acc_is_that_of_the_kept_weights(trained, evaluator, mnist
     assert recorder.result["train_acc"] == pytest.approx(
         accuracy_percent(evaluator, mnist.x_train[:5000], mnist.y_train[:5000]), abs=1e-9)
     probs = softmax(evaluator.predict(mnist.x_test, batch_size=1000, verbose=0))
-    assert recorder.result["ece"] == pytest.approx(callbacks.expected_calibration_error(probs, mnist.y_test),
+    assert recorder.result["ece"] == pytest.approx(evaluation.expected_calibration_error(probs, mnist.y_test),
                                                    abs=1e-6)
     # the history's test accuracy at the early-stop row is the same number
     row = next(r for r in recorder.history if r["iteration"] == recorder.result["es_iteration"])
@@ -411,13 +422,12 @@ def test_recorder_test_acc_is_that_of_the_kept_weights(trained, evaluator, mnist
 
 def test_recorder_metrics_with_a_partial_last_batch_and_batch_shards(mnist):
     """The on-device evaluation: 7 batches of 700 and a tail of 100, each run in 2 shards, equal Keras's."""
-    model = models.build_model("lenet5", MNIST_SHAPE, seed=4)
-    model.batch_shards = 2
+    model = models.build_model("lenet5", MNIST_SHAPE, seed=4, execution=models.Execution(batch_shards=2))
     recorder = callbacks.EarlyStopRecorder((mnist.x_val, mnist.y_val), (mnist.x_test[:100], mnist.y_test[:100]),
                                            eval_every=1, iterations=1, eval_batch_size=700)
     recorder.set_model(model)
     recorder.on_train_begin()
-    metrics = recorder._metrics("val")
+    metrics = evaluation.SplitEvaluator(model, {"val": (mnist.x_val, mnist.y_val)}, batch_size=700).metrics("val")
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert metrics["val_loss"] == pytest.approx(model.evaluate(mnist.x_val, mnist.y_val, verbose=0), rel=1e-5)
     assert metrics["val_acc"] == pytest.approx(accuracy_percent(model, mnist.x_val, mnist.y_val), abs=1e-9)
@@ -440,7 +450,7 @@ def test_recorder_default_arguments_without_train_split(mnist_small):
     recorder = callbacks.EarlyStopRecorder((mnist_small.x_val, mnist_small.y_val),
                                            (mnist_small.x_test, mnist_small.y_test), eval_every=10, iterations=20)
     training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=20, batch_size=60, eval_every=10,
-                   seed=0, callbacks=[recorder], jit_compile=False)
+                   seed=0, callbacks=[recorder], plan=ExecutionPlan())
     assert [row["iteration"] for row in recorder.history] == [10, 20]
     assert np.isnan(recorder.result["train_acc"])
     assert 0.0 <= recorder.result["test_acc"] <= 100.0
@@ -454,7 +464,7 @@ def test_recorder_under_fit_evaluates_only_at_eval_points(mnist_small):
                                            train=(mnist_small.x_train[:500], mnist_small.y_train[:500]),
                                            test_every_eval=False)
     training.train(model, mnist_small.x_train, mnist_small.y_train, iterations=25, batch_size=60, eval_every=10,
-                   seed=0, callbacks=[recorder], loop="keras")
+                   seed=0, callbacks=[recorder], plan=ExecutionPlan(loop="keras"))
     assert [row["iteration"] for row in recorder.history] == [10, 20, 25]
     assert all("test_acc" not in row for row in recorder.history)  # test only for the kept and final weights
     assert set(recorder.result) == {"es_iteration", "val_loss", "val_acc", "test_acc", "final_test_acc",

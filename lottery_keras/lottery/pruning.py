@@ -14,12 +14,6 @@ Masks = dict[str, np.ndarray]
 Weights = dict[str, np.ndarray]
 
 
-def layer_kinds(layer_names: list[str], conv_names: set[str]) -> dict[str, str]:
-    """'conv', 'fc' or 'output' (the last layer) for each prunable layer, in forward order."""
-    return {name: "output" if i == len(layer_names) - 1 else "conv" if name in conv_names else "fc"
-            for i, name in enumerate(layer_names)}
-
-
 def target_count(size: int, rate: float, prunings: int) -> int:
     """Weights a layer of `size` keeps after `prunings` cumulative prunings at `rate`."""
     return max(1, int(round(size * (1.0 - rate) ** prunings)))

@@ -2,22 +2,24 @@
 
 `MaskedModel.train_step` is Keras's own step (forward, loss, gradients, optimizer update) followed by re-applying
 every mask on the device, so a pruned weight is exactly 0.0 after every step, whichever loop drives it (`fit` or
-the compiled loop in `training.py`).
+the compiled loop of `train/loop.py`). Each model declares its prunable layers' kinds (`layer_kinds`: 'fc',
+'conv', 'output'), which is what per-kind pruning rates are looked up by. Importing this module registers the
+models with Keras, so `keras.models.load_model` opens saved tickets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import keras
 import numpy as np
 
-from lottery_keras.conv_pool import conv_relu_pool
-from lottery_keras.layers import MaskedConv2D, MaskedDense, MaskedLayer
+from lottery_keras import catalog
+from lottery_keras.nn.conv_pool import conv_relu_pool
+from lottery_keras.nn.layers import MaskedConv2D, MaskedDense, MaskedLayer
 
 INITIALIZERS = {
-    # The paper's TensorFlow code used Glorot normal; the ES667 study used PyTorch's kaiming_normal_ (fan_in,
-    # untruncated), which Keras's "he_normal" (truncated) is not.
     "glorot_normal": lambda seed: keras.initializers.GlorotNormal(seed=seed),
     "he_normal": lambda seed: keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal", seed=seed),
 }
@@ -30,27 +32,39 @@ def kernel_initializer(name: str, seed: int | None, layer_index: int):
     return INITIALIZERS[name](None if seed is None else seed * 1000 + layer_index)
 
 
-class MaskedModel(keras.Model):
-    """Base class: masked-layer bookkeeping, the masked training step, and batch sharding.
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How a model runs its forward pass, never what it computes: `batch_shards` independent parts of each batch
+    through the trunk, and the fused conv-pool kernels of `conv_pool.py`. Chosen by the execution plan
+    (`train/plan.py`), given at construction, never saved with the model."""
 
-    Subclasses define the network in two parts: `features` (the convolutional trunk, ending in a flat vector per
-    sample) and `classify` (the dense head). `call` runs `features` on `batch_shards` consecutive parts of the
-    batch and concatenates the results: the parts are independent chains of operations, so TensorFlow's inter-op
-    threads run them on different cores at once (see `parallelism.py`, which sets `batch_shards`). The head runs
-    once on the whole batch: its matrix products are small, and splitting them would only add operations. The
-    loss, and so every gradient, is the whole batch's, up to float summation order.
-    `fused_conv_pool` runs each "ReLU convolution, then 2×2 max-pool" block of the trunk as the fused CPU kernels
-    of `conv_pool.py` (same results up to float summation order). Both are execution settings, set by the
-    training loop, not part of the saved configuration.
+    batch_shards: int = 1
+    fused_conv_pool: bool = False
+
+
+class MaskedModel(keras.Model):
+    """Base class: masked-layer bookkeeping, the masked training step, and the model's `Execution`.
+
+    Subclasses define the network in two parts, `features` (the convolutional trunk, ending in a flat vector per
+    sample) and `classify` (the dense head), name their output layer `out` and their architecture `arch`. `call`
+    runs `features` on `execution.batch_shards` consecutive parts of the batch and concatenates the results: the
+    parts are independent chains of operations, so TensorFlow's inter-op threads run them on different cores at
+    once. The head runs once on the whole batch: its matrix products are small, and splitting them would only add
+    operations. The loss, and so every gradient, is the whole batch's, up to float summation order.
+    `execution.fused_conv_pool` runs each "ReLU convolution, then 2×2 max-pool" block of the trunk as the fused
+    CPU kernels of `conv_pool.py` (same results up to float summation order).
     """
 
-    def __init__(self, num_classes: int = 10, init: str = "glorot_normal", seed: int | None = None, **kwargs):
+    arch: str | None = None
+    out: MaskedLayer
+
+    def __init__(self, num_classes: int = 10, init: str = "glorot_normal", seed: int | None = None,
+                 execution: Execution | None = None, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.init = init
         self.seed = seed
-        self.batch_shards = 1
-        self.fused_conv_pool = False
+        self.execution = execution or Execution()
         self._layer_count = 0
 
     def _kernel_init(self):
@@ -66,10 +80,11 @@ class MaskedModel(keras.Model):
         return self.classify(self._sharded_features(inputs))
 
     def _sharded_features(self, inputs):
+        shards = self.execution.batch_shards
         batch = inputs.shape[0]  # shards need a batch size known when the graph is built
-        if self.batch_shards == 1 or batch is None or batch < self.batch_shards:
+        if shards == 1 or batch is None or batch < shards:
             return self.features(inputs)
-        bounds = [batch * i // self.batch_shards for i in range(self.batch_shards + 1)]
+        bounds = [batch * i // shards for i in range(shards + 1)]
         parts = [self.features(inputs[start:end]) for start, end in zip(bounds, bounds[1:])]
         return keras.ops.concatenate(parts, axis=0)
 
@@ -78,19 +93,26 @@ class MaskedModel(keras.Model):
         raise NotImplementedError
 
     def classify(self, x):
-        """The dense head, on the whole batch's features."""
-        raise NotImplementedError
+        """The dense head, on the whole batch's features: by default the layers of `self.fc`, then `self.out`."""
+        for layer in self.fc:
+            x = layer(x)
+        return self.out(x)
 
     def conv_pool(self, conv: MaskedConv2D, x):
-        """`self.pool(conv(x))` for a ReLU convolution: the fused kernels when `fused_conv_pool` is set (and the
-        layer is built and computes in float32, which the kernels require), else the layers."""
-        if self.fused_conv_pool and conv.built and conv.compute_dtype == "float32":
+        """`self.pool(conv(x))` for a ReLU convolution: the fused kernels when the execution asks for them (and the
+        layer is built, has stride 1 and computes in float32, which the kernels require), else the layers."""
+        if (self.execution.fused_conv_pool and conv.built and conv.strides == 1
+                and conv.compute_dtype == "float32"):
             return conv_relu_pool(x, conv.kernel.value, conv.bias.value, conv.padding)
         return self.pool(conv(x))
 
     def masked_layers(self) -> list[MaskedLayer]:
         """Prunable layers in forward order (the last one is the output layer)."""
         return [layer for layer in self._flatten_layers(include_self=False) if isinstance(layer, MaskedLayer)]
+
+    def layer_kinds(self) -> dict[str, str]:
+        """Each prunable layer's kind in forward order: 'output' for the output layer, else the layer's own."""
+        return {layer.name: "output" if layer is self.out else layer.kind for layer in self.masked_layers()}
 
     def apply_masks(self) -> None:
         for layer in self.masked_layers():
@@ -121,6 +143,8 @@ class MaskedModel(keras.Model):
 class LeNetFC(MaskedModel):
     """LeNet-300-100: a fully-connected 784-300-100-10 ReLU network."""
 
+    arch = "lenet300_100"
+
     def __init__(self, hidden: tuple[int, ...] = (300, 100), **kwargs):
         super().__init__(**kwargs)
         self.hidden = tuple(hidden)
@@ -132,11 +156,6 @@ class LeNetFC(MaskedModel):
     def features(self, x):
         return self.flatten(x)
 
-    def classify(self, x):
-        for layer in self.fc:
-            x = layer(x)
-        return self.out(x)
-
     def get_config(self):
         return {**super().get_config(), "hidden": list(self.hidden)}
 
@@ -144,6 +163,8 @@ class LeNetFC(MaskedModel):
 @keras.saving.register_keras_serializable(package="lottery_keras")
 class LeNet5(MaskedModel):
     """LeNet-5: conv 6@5×5 (same) → pool → conv 16@5×5 → pool → fc 120 → 84 → 10 (61,470 weights on 28×28)."""
+
+    arch = "lenet5"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -180,15 +201,14 @@ class ConvNet(MaskedModel):
         self.fc = [MaskedDense(256, "relu", self._kernel_init(), name=f"fc{i + 1}") for i in range(2)]
         self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
 
+    @property
+    def arch(self) -> str:
+        return f"conv{self.depth}"
+
     def features(self, x):
         for i in range(0, self.depth, 2):
             x = self.conv_pool(self.convs[i + 1], self.convs[i](x))
         return self.flatten(x)
-
-    def classify(self, x):
-        for layer in self.fc:
-            x = layer(x)
-        return self.out(x)
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth}
@@ -201,33 +221,24 @@ ARCHITECTURES: dict[str, Callable[..., MaskedModel]] = {
     "conv4": lambda **kw: ConvNet(depth=4, **kw),
     "conv6": lambda **kw: ConvNet(depth=6, **kw),
 }
-ARCH_ALIASES = {"lenet_fc": "lenet300_100", "lenet-300-100": "lenet300_100", "lenet_conv": "lenet5"}
-
-
-def canonical_arch(name: str) -> str:
-    key = ARCH_ALIASES.get(name.lower(), name.lower())
-    if key not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of: "
-                         f"{', '.join(sorted([*ARCHITECTURES, *ARCH_ALIASES]))}")
-    return key
-
-
-PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int = 10, init: str = "glorot_normal",
-                seed: int | None = None, precision: str = "float32") -> MaskedModel:
-    """Create an architecture by name and build its variables (θ0 is drawn here, from `seed`).
+                seed: int | None = None, precision: str = "float32",
+                execution: Execution | None = None) -> MaskedModel:
+    """Create an architecture by name (`catalog.ARCHITECTURES`) and build its variables (θ0 is drawn here, from
+    `seed`).
 
-    `precision="bfloat16"` computes in bfloat16 with float32 variables (Keras's "mixed_bfloat16" policy).
+    `precision="bfloat16"` computes in bfloat16 with float32 variables (Keras's "mixed_bfloat16" policy);
+    `execution` says how the forward pass runs (`train.plan.ExecutionPlan.model_execution`).
     """
-    if precision not in PRECISION_POLICIES:
-        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISION_POLICIES)}")
+    if precision not in catalog.PRECISION_POLICIES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(catalog.PRECISIONS)}")
+    name = catalog.canonical_arch(arch)
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISION_POLICIES[precision])  # sublayers take the policy at construction
+    keras.config.set_dtype_policy(catalog.PRECISION_POLICIES[precision])  # sublayers take it at construction
     try:
-        model = ARCHITECTURES[canonical_arch(arch)](num_classes=num_classes, init=init, seed=seed,
-                                                    name=canonical_arch(arch))
+        model = ARCHITECTURES[name](num_classes=num_classes, init=init, seed=seed, execution=execution, name=name)
         model.build((None, *input_shape))
     finally:
         keras.config.set_dtype_policy(previous)

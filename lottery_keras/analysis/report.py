@@ -25,19 +25,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from lottery_keras import results
 from lottery_keras.config import Experiment
-from lottery_keras.imp import STRATEGIES, recorded_experiment
+from lottery_keras.lottery import strategies
+from lottery_keras.lottery.paths import REPORT, RESULT_COLUMNS, RunFolder
+from lottery_keras.lottery.strategies import RANDOM_PRUNING_CONTROL as RANDOM_PRUNING
+from lottery_keras.lottery.strategies import REINIT_CONTROL as REINIT
+from lottery_keras.lottery.strategies import STRATEGIES
+from lottery_keras.lottery.strategies import WINNING_TICKET as TICKET
 from lottery_keras.storage import atomic_path, write_csv
 
-TICKET = "magnitude_rewind"
-REINIT = "magnitude_random"
-RANDOM_PRUNING = "random_rewind"
-LABELS = {TICKET: "winning ticket", REINIT: "random reinit", RANDOM_PRUNING: "random pruning"}
-COLORS = {TICKET: "tab:blue", REINIT: "tab:orange", RANDOM_PRUNING: "tab:green"}
 TICKET_TOLERANCE = 2.0  # accuracy points below dense that still count as "matching" the dense network
 CURVE_TARGETS = (100.0, 50.0, 20.0, 5.0)  # remaining % of the learning curves shown, plus the sparsest
-METRICS = [column for column in results.RESULT_COLUMNS if column not in ("round", "remaining")]
+METRICS = [column for column in RESULT_COLUMNS if column not in ("round", "remaining")]
 FIGURES = {
     "test_accuracy": "Test accuracy at early stop vs weights remaining",
     "early_stop_iteration": "Early-stop iteration vs weights remaining",
@@ -52,9 +51,17 @@ CIFAR10_NOTE = ("CIFAR-10 figures come from the local lossy copy of the dataset 
 @dataclasses.dataclass(frozen=True)
 class Run:
     label: str
-    directory: Path
+    folder: RunFolder
     experiment: Experiment
     results: pd.DataFrame  # `load_run`: one row per finished (trial, strategy, round)
+
+
+def label_of(strategy: str) -> str:
+    return STRATEGIES[strategy].label if strategy in STRATEGIES else strategy
+
+
+def color_of(strategy: str) -> str | None:
+    return STRATEGIES[strategy].color if strategy in STRATEGIES else None
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -66,38 +73,33 @@ def common_parent(run_dirs: list[Path]) -> Path:
     return Path(os.path.commonpath([path.parent for path in paths]))
 
 
-def run_label(run_dir: Path) -> str:
+def run_label(folder: RunFolder) -> str:
     """`<dataset>-<arch>`, from the run's config.json."""
-    experiment = recorded_experiment(run_dir)
+    experiment = folder.experiment()
     return f"{experiment.dataset}-{experiment.arch}"
 
 
-def load_run(run_dir: Path, label: str | None = None) -> pd.DataFrame:
-    """Every finished round of a run (`results.collect_results`) with a leading `run` column."""
-    frame = results.collect_results(run_dir)
+def load_run(folder: RunFolder, label: str | None = None) -> pd.DataFrame:
+    """Every finished round of a run (`RunFolder.results`) with a leading `run` column."""
+    frame = folder.results()
     frame = frame.astype({column: float for column in ["remaining", *METRICS]})
-    frame.insert(0, "run", label or run_label(run_dir))
+    frame.insert(0, "run", label or run_label(folder))
     return frame
 
 
 def load_runs(run_dirs: list[Path]) -> list[Run]:
     """The runs with unique labels: `<dataset>-<arch>`, or, when those collide, each run's path relative to the
     runs' common parent."""
-    for run_dir in run_dirs:
-        if not (Path(run_dir) / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    labels = [run_label(run_dir) for run_dir in run_dirs]
+    folders = [RunFolder(run_dir) for run_dir in run_dirs]
+    for folder in folders:
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder.directory} is not a run directory (no config.json)")
+    labels = [run_label(folder) for folder in folders]
     if len(set(labels)) < len(labels):
         parent = common_parent(run_dirs)
         labels = [Path(run_dir).resolve().relative_to(parent).as_posix() for run_dir in run_dirs]
-    return [Run(label, Path(run_dir), recorded_experiment(run_dir), load_run(run_dir, label))
-            for label, run_dir in zip(labels, run_dirs)]
-
-
-def ordered_strategies(names) -> list[str]:
-    """The controller's strategies in its order, then any others alphabetically."""
-    names = set(names)
-    return [name for name in STRATEGIES if name in names] + sorted(names - set(STRATEGIES))
+    return [Run(label, folder, folder.experiment(), load_run(folder, label))
+            for label, folder in zip(labels, folders)]
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -169,7 +171,7 @@ def trials_table(runs: list[Run]) -> pd.DataFrame:
     """Per (run, strategy): trials with a finished round, rounds finished by all of them, sparsest remaining %."""
     rows = []
     for run in runs:
-        for strategy in ordered_strategies(run.results["strategy"]):
+        for strategy in strategies.ordered(run.results["strategy"]):
             own = run.results[run.results["strategy"] == strategy]
             per_round = own.groupby("round")["trial"].nunique()
             rows.append({"run": run.label, "strategy": strategy, "trials": own["trial"].nunique(),
@@ -188,7 +190,7 @@ def protocol_table(runs: list[Run]) -> pd.DataFrame:
         "prune fc/conv/output": "/".join(f"{rate:g}" for rate in run.experiment.rates_by_kind.values()),
         "scope": run.experiment.pruning_scope, "augment": run.experiment.augment,
         "train subset": run.experiment.train_subset or "all", "seed": run.experiment.seed,
-        "hash": run.directory.name.rsplit("-", 1)[-1],
+        "hash": run.folder.hash,
     } for run in runs])
 
 
@@ -236,7 +238,7 @@ def report_title(runs: list[Run]) -> str:
                 f"{exp.init} init · Adam lr {exp.learning_rate:g} · batch {exp.batch_size} · "
                 f"{exp.iterations} iterations per round · evaluation every {exp.eval_every} · pruning "
                 f"fc/conv/output {exp.prune_fc:g}/{exp.prune_conv:g}/{exp.prune_output:g} ({exp.pruning_scope}) · "
-                f"{exp.rounds} rounds planned · run `{runs[0].directory.name}`")
+                f"{exp.rounds} rounds planned · run `{runs[0].folder.directory.name}`")
     return "# Lottery-ticket report: " + ", ".join(run.label for run in runs)
 
 
@@ -248,7 +250,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         "Accuracies are in percent, at the early-stop iteration (minimum validation loss) unless named *final*; "
         "each number is the mean over the trials that finished the round, figures show min–max bands. "
         "Round 0 is the dense network (100% of weights remaining). Strategies: "
-        + "; ".join(f"`{name}` = {label}" for name, label in LABELS.items()) + ".",
+        + "; ".join(f"`{name}` = {strategy.label}" for name, strategy in STRATEGIES.items()) + ".",
         "## Protocol", markdown_table(protocol_table(runs)),
         "## Trials and rounds done", markdown_table(trials_table(runs)),
         "## Study summary",
@@ -265,8 +267,8 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
               "(points), ECE on the test split (15 bins), training wall time in seconds. All statistics: "
               "[rounds.csv](rounds.csv)."]
     for run in runs:
-        for strategy in ordered_strategies(rounds.loc[rounds["run"] == run.label, "strategy"]):
-            parts += [f"### {run.label}: {LABELS.get(strategy, strategy)} (`{strategy}`)",
+        for strategy in strategies.ordered(rounds.loc[rounds["run"] == run.label, "strategy"]):
+            parts += [f"### {run.label}: {label_of(strategy)} (`{strategy}`)",
                       markdown_table(round_table(strategy_rounds(rounds, run.label, strategy)),
                                      digits={"ES iteration": 1, "ECE": 4})]
     return "\n\n".join(parts) + "\n"
@@ -297,11 +299,10 @@ def remaining_axis(ax, remaining: pd.Series) -> None:
 
 def band_plot(ax, rounds: pd.DataFrame, run: str, metric: str) -> None:
     """One line per strategy (mean over trials) with a min–max band."""
-    for strategy in ordered_strategies(rounds.loc[rounds["run"] == run, "strategy"]):
+    for strategy in strategies.ordered(rounds.loc[rounds["run"] == run, "strategy"]):
         rows = strategy_rounds(rounds, run, strategy)
-        color = COLORS.get(strategy)
-        line, = ax.plot(rows["remaining"], rows[f"{metric}_mean"], marker="o", markersize=3, color=color,
-                        label=LABELS.get(strategy, strategy))
+        line, = ax.plot(rows["remaining"], rows[f"{metric}_mean"], marker="o", markersize=3,
+                        color=color_of(strategy), label=label_of(strategy))
         ax.fill_between(rows["remaining"], rows[f"{metric}_min"], rows[f"{metric}_max"], alpha=0.2,
                         color=line.get_color(), linewidth=0)
 
@@ -330,11 +331,9 @@ def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str,
     return figure
 
 
-def mean_history(run_dir: Path, strategy: str, round_index: int) -> pd.DataFrame | None:
-    """The learning curve (history.csv) of one round averaged over the trials that finished it, or None."""
-    frames = [pd.read_csv(directory / "history.csv")
-              for directory in sorted(Path(run_dir).glob(f"trial_*/{strategy}/round_{round_index:02d}"))
-              if results.is_finished(directory)]
+def mean_history(folder: RunFolder, strategy: str, round_index: int) -> pd.DataFrame | None:
+    """The learning curve of one round averaged over the trials that finished it, or None."""
+    frames = folder.unit_histories(strategy, round_index)
     return pd.concat(frames).groupby("iteration").mean().reset_index() if frames else None
 
 
@@ -357,7 +356,7 @@ def learning_curve_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
         colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(chosen), 1)))
         for color, round_index in zip(colors, chosen):
             for strategy, style in ((TICKET, "-"), (REINIT, "--")):
-                history = mean_history(run.directory, strategy, round_index)
+                history = mean_history(run.folder, strategy, round_index)
                 if history is None:
                     continue
                 label = f"{ticket.at[round_index, 'remaining']:.3g}%" if strategy == TICKET else None
@@ -368,8 +367,8 @@ def learning_curve_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
             ax.set_ylabel(f"{name} accuracy (%)")
             ax.set_title(f"{run.label}: {name}", fontsize="medium")
             ax.grid(True, alpha=0.3)
-        styles = [Line2D([], [], color="black", linestyle="-", label=LABELS[TICKET]),
-                  Line2D([], [], color="black", linestyle="--", label=LABELS[REINIT])]
+        styles = [Line2D([], [], color="black", linestyle="-", label=label_of(TICKET)),
+                  Line2D([], [], color="black", linestyle="--", label=label_of(REINIT))]
         handles, _ = row[0].get_legend_handles_labels()  # one per level, from the winning ticket's curves
         row[1].legend(handles=handles + styles, fontsize="small", title="weights remaining", loc="center left",
                       bbox_to_anchor=(1.02, 0.5))
@@ -403,7 +402,7 @@ def save_figure(figure: Figure, directory: Path, stem: str) -> None:
 
 def default_report_dir(run_dirs: list[Path]) -> Path:
     """`<run_dir>/report` for one run, `<common parent>/report` for several."""
-    return Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else common_parent(run_dirs) / "report"
+    return RunFolder(run_dirs[0]).report_dir if len(run_dirs) == 1 else common_parent(run_dirs) / REPORT
 
 
 def write_report(run_dirs: list[Path], output_dir: Path | None = None) -> Path:

@@ -12,8 +12,13 @@ from keras import ops
 
 
 class MaskedLayer(keras.layers.Layer):
-    """Common mask handling; subclasses create `self.kernel` and call `_add_mask` in `build`."""
+    """Common mask handling; subclasses create `self.kernel` and call `_add_mask` in `build`.
 
+    `kind` names the layer's pruning-rate family ('fc' or 'conv'); a model declares which layer is its output
+    layer, the third family.
+    """
+
+    kind: str
     kernel: keras.Variable
     mask: keras.Variable
 
@@ -28,6 +33,8 @@ class MaskedLayer(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="lottery_keras")
 class MaskedDense(MaskedLayer):
     """`Dense` with a pruning mask on its kernel."""
+
+    kind = "fc"
 
     def __init__(self, units: int, activation=None, kernel_initializer="glorot_normal",
                  bias_initializer="zeros", **kwargs):
@@ -61,13 +68,18 @@ class MaskedDense(MaskedLayer):
 
 @keras.saving.register_keras_serializable(package="lottery_keras")
 class MaskedConv2D(MaskedLayer):
-    """`Conv2D` (channels last, stride 1) with a pruning mask on its kernel."""
+    """`Conv2D` (channels last, square kernel and stride) with a pruning mask on its kernel."""
+
+    kind = "conv"
 
     def __init__(self, filters: int, kernel_size: int, padding: str = "valid", activation=None,
-                 kernel_initializer="glorot_normal", bias_initializer="zeros", **kwargs):
+                 kernel_initializer="glorot_normal", bias_initializer="zeros", strides: int = 1, **kwargs):
         super().__init__(**kwargs)
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
         self.filters = filters
         self.kernel_size = kernel_size
+        self.strides = strides
         self.padding = padding
         self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -80,18 +92,25 @@ class MaskedConv2D(MaskedLayer):
         self._add_mask()
 
     def call(self, inputs):
-        return self.activation(ops.conv(inputs, self.kernel, padding=self.padding) + self.bias)
+        return self.activation(ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding) + self.bias)
 
     def compute_output_shape(self, input_shape):
-        shrink = 0 if self.padding == "same" else self.kernel_size - 1
-        height, width = (None if d is None else d - shrink for d in input_shape[1:3])
+        height, width = (self._output_size(size) for size in input_shape[1:3])
         return (input_shape[0], height, width, self.filters)
+
+    def _output_size(self, size: int | None) -> int | None:
+        if size is None:
+            return None
+        if self.padding == "same":
+            return -(-size // self.strides)
+        return (size - self.kernel_size) // self.strides + 1
 
     def get_config(self):
         return {
             **super().get_config(),
             "filters": self.filters,
             "kernel_size": self.kernel_size,
+            "strides": self.strides,
             "padding": self.padding,
             "activation": keras.activations.serialize(self.activation),
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),

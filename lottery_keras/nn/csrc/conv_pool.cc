@@ -9,7 +9,7 @@
 // The backward ops use that at most one conv output in four (the window's maximum, if positive) receives a
 // gradient: they scatter from those positions only, instead of running TensorFlow's dense max-pool, ReLU, bias
 // and convolution gradients over every position. Tensors are NHWC and kernels HWIO, as in TensorFlow. Each op
-// runs on the calling thread: the toolkit gets its parallelism from batch shards (parallelism.py).
+// runs on the calling thread: the toolkit gets its parallelism from batch shards (lottery_keras/train/plan.py).
 #include <algorithm>
 #include <string>
 #include <vector>

@@ -5,9 +5,8 @@ convolution's output. `conv_relu_pool` keeps TensorFlow's (oneDNN's) convolution
 custom operations of `csrc/conv_pool.cc`: one pass computes bias, ReLU and the pool and records which position of
 each 2×2 window won; the backward pass scatters each pooled gradient from that one position straight into the
 kernel, bias and input gradients. At most one convolution output in four receives a gradient, so this does at
-most a quarter of the backward arithmetic, in two operations instead of six (LeNet-5's training step: 1.9×
-faster, `benchmarks/bench_train.py`'s `unfused` column). Results equal the layers' own up to float summation
-order (tests/test_conv_pool.py).
+most a quarter of the backward arithmetic, in two operations instead of six (what that saves:
+benchmarks/README.md). Results equal the layers' own up to float summation order (tests/test_conv_pool.py).
 
 The C++ source is compiled on first use against the installed TensorFlow with the system's C++ compiler (`CXX`,
 default `g++`; about 10 s) and cached under `LOTTERY_KERAS_CACHE_DIR` (default `~/.cache/lottery_keras`), keyed
@@ -46,8 +45,8 @@ def _cpu_flags() -> set[str]:
 
 def _arch_flags() -> list[str]:
     """AVX2 + FMA where the CPU has them. Not `-march=native`: on this project's AVX-512 machines the kernels'
-    512-bit code ran up to 25× slower than their 256-bit code, and TensorFlow's Eigen headers do not compile with
-    GCC 12 under `-march=native` (AVX512-FP16)."""
+    512-bit code ran much slower than their 256-bit code (benchmarks/README.md), and TensorFlow's Eigen headers do
+    not compile with GCC 12 under `-march=native` (AVX512-FP16)."""
     if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
         return ["-march=x86-64-v3"]
     return []

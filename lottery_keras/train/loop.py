@@ -1,20 +1,20 @@
 """Training a masked model for a fixed number of iterations, fast.
 
-The default path (`loop="compiled"`) keeps the whole training split on the device and runs `eval_every` steps
-per host round-trip inside one `tf.function`: each step draws its batch from an on-device, per-epoch permutation
-(stateless RNG keyed by seed and epoch, so any step's batch is reproducible and a run can resume anywhere),
-optionally augments it on the device, and calls the model's own `train_step` (optimizer update, then masks).
-The function is XLA-compiled where that measured faster (`JIT_BY_DEFAULT`), convolution blocks run as fused
-kernels where those measured faster (`FUSED_BY_DEFAULT`, `conv_pool.py`), and the batch is split into shards
-that run on different cores where the process's thread plan says so (`parallelism.py`). Callbacks see the same
-`on_train_batch_end` calls as under `fit`, once per chunk, with the step count read from the optimizer.
+The compiled loop keeps the whole training split on the device and runs `eval_every` steps per host round-trip
+inside one `tf.function`: each step draws its batch from an on-device, per-epoch permutation (stateless RNG keyed
+by seed and epoch, so any step's batch is reproducible and a run can resume anywhere), optionally augments it on
+the device, and calls the model's own `train_step` (optimizer update, then masks). Whether the function is
+XLA-compiled, and how the model's forward pass runs (fused kernels, batch shards), is the execution plan's
+choice (`plan.py`). Callbacks see the same `on_train_batch_end` calls as under `fit`, once per chunk, with the
+step count read from the optimizer.
 
-`loop="keras"` runs stock `keras.Model.fit` on numpy arrays with the same `train_step` and callbacks: the
-reference the compiled loop is tested and benchmarked against.
+The plan's `loop="keras"` runs stock `keras.Model.fit` on numpy arrays with the same `train_step` and callbacks:
+the reference the compiled loop is tested and benchmarked against.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -22,28 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lottery_keras import conv_pool, parallelism
-from lottery_keras.models import MaskedModel
-from lottery_keras.optimizers import FusedAdam
-
-# XLA helps where per-op overhead dominates (small dense nets); on CPU, oneDNN convolutions beat XLA's.
-# Measured by benchmarks/bench_train.py; override with `jit_compile=`.
-JIT_BY_DEFAULT = {"cpu": {"lenet300_100": True}, "gpu": {}}
-# Fused conv-pool kernels (conv_pool.py) where they measured faster (bench_train.py's `unfused` column); they
-# have CPU kernels only, and XLA cannot compile custom operations. Override with `fused_kernels=`.
-FUSED_BY_DEFAULT = {"cpu": {"lenet5"}, "gpu": set()}
-
-
-def _device() -> str:
-    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-
-
-def default_jit(model: MaskedModel) -> bool:
-    return JIT_BY_DEFAULT[_device()].get(model.name, _device() == "gpu")
-
-
-def default_fused(model: MaskedModel, jit_compile: bool) -> bool:
-    return not jit_compile and model.name in FUSED_BY_DEFAULT[_device()] and conv_pool.available()
+from lottery_keras.nn.models import MaskedModel
+from lottery_keras.train import plan as execution
+from lottery_keras.train.optimizers import FusedAdam
 
 
 def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-8) -> None:
@@ -76,13 +57,6 @@ def epoch_permutation(seed: int, epoch, num_samples: int) -> tf.Tensor:
     return tf.argsort(keys, stable=True)
 
 
-def batch_indices(seed: int, step: int, num_samples: int, batch_size: int) -> np.ndarray:
-    """The training indices of global step `step` (0-based) under the compiled loop's sampling."""
-    epoch, position = divmod(step, steps_per_epoch(num_samples, batch_size))
-    perm = epoch_permutation(seed, epoch, num_samples).numpy()
-    return perm[position * batch_size:(position + 1) * batch_size]
-
-
 def augment_crop_flip(images: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
     """Per-image random crop (zero padding of `pad` pixels) and random horizontal flip, on the device."""
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
@@ -100,18 +74,12 @@ class CompiledLoop:
     """Runs training steps of one model on device-resident data, many per call (see the module docstring)."""
 
     def __init__(self, model: MaskedModel, x_train: np.ndarray, y_train: np.ndarray, batch_size: int,
-                 augment: bool = False, jit_compile: bool | None = None, batch_shards: int | None = None,
-                 fused_kernels: bool | None = None):
+                 augment: bool = False, jit_compile: bool = False):
+        if jit_compile and model.execution.fused_conv_pool:
+            raise ValueError("the model runs the fused conv-pool kernels, custom operations that XLA cannot "
+                             "compile: build it without them, or train without jit_compile")
         self.model = model
-        model.batch_shards = parallelism.batch_shards(model.name) if batch_shards is None else batch_shards
-        self.jit_compile = default_jit(model) if jit_compile is None else jit_compile
-        if fused_kernels and self.jit_compile:
-            raise ValueError("the fused conv-pool kernels are custom operations, which XLA cannot compile: "
-                             "pass jit_compile=False, or fused_kernels=False")
-        if fused_kernels and not conv_pool.available():
-            raise RuntimeError("the fused conv-pool kernels could not be built here (see the warning above); "
-                               "pass fused_kernels=False")
-        model.fused_conv_pool = default_fused(model, self.jit_compile) if fused_kernels is None else fused_kernels
+        self.jit_compile = jit_compile
         self.x = tf.constant(x_train)
         self.y = tf.constant(y_train)
         self.batch_size = batch_size
@@ -149,20 +117,32 @@ def chunk_ends(iterations: int, eval_every: int) -> list[int]:
     return sorted({*range(eval_every, iterations, eval_every), iterations})
 
 
+def plan_for(model: MaskedModel) -> execution.ExecutionPlan:
+    """The default plan for a model as built: the tables' loop and XLA choice for its architecture, and the
+    forward pass the model was built with."""
+    default = execution.decide(model.arch, fused_kernels=False, batch_shards=1)
+    jit = default.jit_compile and not model.execution.fused_conv_pool
+    return dataclasses.replace(default, jit_compile=jit, fused_kernels=model.execution.fused_conv_pool,
+                               batch_shards=model.execution.batch_shards)
+
+
 class Trainer:
-    """Trains one compiled masked model on one training split, round after round (the compiled loop is traced
-    once and reused; each `train` call starts from a fresh optimizer state and the model's current weights)."""
+    """Trains one compiled masked model on one training split, round after round, as `plan` says (default:
+    `plan_for(model)`). The compiled loop is traced once and reused; each `train` call starts from a fresh
+    optimizer state and the model's current weights."""
 
     def __init__(self, model: MaskedModel, x_train: np.ndarray, y_train: np.ndarray, *, batch_size: int,
-                 augment: bool = False, loop: str = "compiled", jit_compile: bool | None = None):
-        if loop not in ("compiled", "keras"):
-            raise ValueError(f"unknown training loop {loop!r}; choose 'compiled' or 'keras'")
-        if augment and loop == "keras":
+                 augment: bool = False, plan: execution.ExecutionPlan | None = None):
+        plan = plan or plan_for(model)
+        if plan.model_execution != model.execution:
+            raise ValueError(f"the plan runs the forward pass as {plan.model_execution}, the model was built for "
+                             f"{model.execution}: build it with build_model(..., execution=plan.model_execution)")
+        if augment and plan.loop == "keras":
             raise ValueError("augmentation runs on the device in the compiled loop; use loop='compiled'")
         self.model, self.x_train, self.y_train = model, x_train, y_train
-        self.batch_size, self.loop = batch_size, loop
-        self._compiled = (CompiledLoop(model, x_train, y_train, batch_size, augment, jit_compile)
-                          if loop == "compiled" else None)
+        self.batch_size, self.plan = batch_size, plan
+        self._compiled = (CompiledLoop(model, x_train, y_train, batch_size, augment, plan.jit_compile)
+                          if plan.loop == "compiled" else None)
 
     def train(self, iterations: int, eval_every: int, seed: int,
               callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
@@ -187,10 +167,10 @@ class Trainer:
 
 def train(model: MaskedModel, x_train: np.ndarray, y_train: np.ndarray, *, iterations: int, batch_size: int,
           eval_every: int, seed: int, callbacks: Sequence[keras.callbacks.Callback] = (), augment: bool = False,
-          loop: str = "compiled", jit_compile: bool | None = None) -> None:
+          plan: execution.ExecutionPlan | None = None) -> None:
     """Train a compiled masked model once (see `Trainer` to train the same model repeatedly)."""
-    Trainer(model, x_train, y_train, batch_size=batch_size, augment=augment, loop=loop,
-            jit_compile=jit_compile).train(iterations, eval_every, seed, callbacks)
+    Trainer(model, x_train, y_train, batch_size=batch_size, augment=augment, plan=plan).train(
+        iterations, eval_every, seed, callbacks)
 
 
 class _StopAfter(keras.callbacks.Callback):

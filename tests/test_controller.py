@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lottery_keras import cli, config, data, imp, results
+from lottery_keras import cli, config, data
+from lottery_keras.lottery import controller as imp
+from lottery_keras.lottery.paths import RunFolder
+from lottery_keras.lottery.strategies import STRATEGIES
 from lottery_keras.storage import read_json, read_npz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +30,11 @@ def tiny_experiment(**overrides):
 def finished_trial(tmp_path_factory):
     """A three-round run of all strategies, plus the controller object that ran it."""
     experiment = tiny_experiment()
-    options = imp.RunOptions(strategies=imp.STRATEGIES, verbose=False)
-    run_dir = imp.prepare_run_dir(experiment, tmp_path_factory.mktemp("run"))
-    trial = imp.TrialRun(experiment, imp.load_splits(experiment, None), run_dir, 0, options)
-    trial.run(imp.STRATEGIES)
-    return run_dir, trial
+    options = imp.RunOptions(strategies=STRATEGIES, verbose=False)
+    folder = imp.prepare_run_folder(experiment, tmp_path_factory.mktemp("run"))
+    trial = imp.TrialRun(experiment, imp.load_splits(experiment, None), folder, 0, options)
+    trial.run(STRATEGIES)
+    return folder.directory, trial
 
 
 def kernels(path):
@@ -41,7 +44,7 @@ def kernels(path):
 
 def test_results_csv_has_the_expected_columns_and_remaining_sequence(finished_trial):
     run_dir, _ = finished_trial
-    for strategy in imp.STRATEGIES:
+    for strategy in STRATEGIES:
         table = pd.read_csv(run_dir / "trial_0" / strategy / "results.csv")
         for column in ("round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc"):
             assert column in table
@@ -54,9 +57,9 @@ def test_results_csv_has_the_expected_columns_and_remaining_sequence(finished_tr
 def test_every_round_writes_its_files(finished_trial):
     run_dir, _ = finished_trial
     assert read_json(run_dir / "config.json")["experiment"]["iterations"] == 60
-    for strategy in imp.STRATEGIES:
+    for strategy in STRATEGIES:
         for r in range(3):
-            directory = results.round_dir(run_dir, 0, strategy, r)
+            directory = RunFolder(run_dir).unit(0, strategy, r).directory
             for name in ("ticket_init.keras", "ticket_trained.keras", "masks.npz", "history.csv", "metrics.json"):
                 assert (directory / name).is_file(), directory / name
             history = pd.read_csv(directory / "history.csv")
@@ -67,8 +70,8 @@ def test_rewound_weights_are_theta0_at_survivors_and_zero_elsewhere(finished_tri
     run_dir, trial = finished_trial
     theta0 = read_npz(run_dir / "trial_0" / "theta0.npz")
     for strategy in ("magnitude_rewind", "random_rewind"):
-        model, start = kernels(results.round_dir(run_dir, 0, strategy, 2) / "ticket_init.keras")
-        masks = read_npz(results.round_dir(run_dir, 0, strategy, 2) / "masks.npz")
+        model, start = kernels(RunFolder(run_dir).unit(0, strategy, 2).directory / "ticket_init.keras")
+        masks = read_npz(RunFolder(run_dir).unit(0, strategy, 2).directory / "masks.npz")
         for layer in model.masked_layers():
             original = next(value for path, value in theta0.items() if path.endswith(f"{layer.name}/kernel"))
             np.testing.assert_array_equal(start[layer.name], original * masks[layer.name])
@@ -77,9 +80,9 @@ def test_rewound_weights_are_theta0_at_survivors_and_zero_elsewhere(finished_tri
 
 def test_magnitude_masks_prune_the_smallest_trained_weights(finished_trial):
     run_dir, _ = finished_trial
-    _, trained = kernels(results.round_dir(run_dir, 0, "magnitude_rewind", 1) / "ticket_trained.keras")
-    old = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", 1) / "masks.npz")
-    new = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", 2) / "masks.npz")
+    _, trained = kernels(RunFolder(run_dir).unit(0, "magnitude_rewind", 1).directory / "ticket_trained.keras")
+    old = read_npz(RunFolder(run_dir).unit(0, "magnitude_rewind", 1).directory / "masks.npz")
+    new = read_npz(RunFolder(run_dir).unit(0, "magnitude_rewind", 2).directory / "masks.npz")
     for name, w in trained.items():
         dropped, kept = (old[name] == 1) & (new[name] == 0), new[name] == 1
         assert np.abs(w[dropped]).max() <= np.abs(w[kept]).min()
@@ -88,12 +91,12 @@ def test_magnitude_masks_prune_the_smallest_trained_weights(finished_trial):
 def test_magnitude_random_reuses_the_masks_with_different_weights(finished_trial):
     run_dir, _ = finished_trial
     for r in (1, 2):
-        rewind = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", r) / "masks.npz")
-        reinit = read_npz(results.round_dir(run_dir, 0, "magnitude_random", r) / "masks.npz")
+        rewind = read_npz(RunFolder(run_dir).unit(0, "magnitude_rewind", r).directory / "masks.npz")
+        reinit = read_npz(RunFolder(run_dir).unit(0, "magnitude_random", r).directory / "masks.npz")
         for name in rewind:
             np.testing.assert_array_equal(rewind[name], reinit[name])
-        _, w_rewind = kernels(results.round_dir(run_dir, 0, "magnitude_rewind", r) / "ticket_init.keras")
-        _, w_reinit = kernels(results.round_dir(run_dir, 0, "magnitude_random", r) / "ticket_init.keras")
+        _, w_rewind = kernels(RunFolder(run_dir).unit(0, "magnitude_rewind", r).directory / "ticket_init.keras")
+        _, w_reinit = kernels(RunFolder(run_dir).unit(0, "magnitude_random", r).directory / "ticket_init.keras")
         for name in w_rewind:
             survivors = rewind[name] == 1
             assert not np.allclose(w_rewind[name][survivors], w_reinit[name][survivors])
@@ -102,8 +105,8 @@ def test_magnitude_random_reuses_the_masks_with_different_weights(finished_trial
 
 def test_random_rewind_masks_are_independent_of_the_magnitude_masks(finished_trial):
     run_dir, _ = finished_trial
-    magnitude = read_npz(results.round_dir(run_dir, 0, "magnitude_rewind", 2) / "masks.npz")
-    random = read_npz(results.round_dir(run_dir, 0, "random_rewind", 2) / "masks.npz")
+    magnitude = read_npz(RunFolder(run_dir).unit(0, "magnitude_rewind", 2).directory / "masks.npz")
+    random = read_npz(RunFolder(run_dir).unit(0, "random_rewind", 2).directory / "masks.npz")
     for name in magnitude:
         assert magnitude[name].sum() == random[name].sum()
         overlap = float((magnitude[name] * random[name]).sum() / magnitude[name].sum())
@@ -112,7 +115,7 @@ def test_random_rewind_masks_are_independent_of_the_magnitude_masks(finished_tri
 
 def test_a_loaded_ticket_predicts_like_the_in_memory_model(finished_trial):
     run_dir, trial = finished_trial
-    loaded = keras.models.load_model(results.round_dir(run_dir, 0, "random_rewind", 2) / "ticket_trained.keras")
+    loaded = keras.models.load_model(RunFolder(run_dir).unit(0, "random_rewind", 2).directory / "ticket_trained.keras")
     x = trial.splits.x_test[:500]
     np.testing.assert_allclose(loaded.predict(x, verbose=0), trial.model.predict(x, verbose=0), atol=1e-5)
 
@@ -151,7 +154,7 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
 
     resumed = run_cli(*args, output_dir=tmp_path / "killed")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
-    for strategy in imp.STRATEGIES:
+    for strategy in STRATEGIES:
         straight, = (tmp_path / "straight").glob(f"*/trial_0/{strategy}/results.csv")
         killed, = (tmp_path / "killed").glob(f"*/trial_0/{strategy}/results.csv")
         a, b = (pd.read_csv(p).drop(columns="train_seconds") for p in (straight, killed))
@@ -197,6 +200,20 @@ def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
     assert err.startswith("error: cifar10 was not found") and "LOTTERY_KERAS_DATA_DIR" in err
+
+
+@pytest.mark.parametrize("text, trials", [("3", (0, 1, 2)), ("1-4", (1, 2, 3, 4)), ("2-2", (2,))])
+def test_trials_are_a_count_or_a_range(text, trials, tmp_path, capsys):
+    assert cli.main(["--dataset", "mnist", "--arch", "lenet5", "--trials", text, "--dry-run",
+                     "--output-dir", str(tmp_path)]) == 0
+    assert f"trials: {', '.join(map(str, trials))}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["0", "4-1", "-1", "two"])
+def test_impossible_trials_are_refused(text, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--dataset", "mnist", "--arch", "lenet5", "--trials", text, "--dry-run"])
+    assert "--trials" in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_configuration_and_run_directory(tmp_path, capsys):

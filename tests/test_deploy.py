@@ -18,10 +18,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from lottery_keras import data, pruning, training  # noqa: E402
-from lottery_keras.export import (EXPORT_COLUMNS, FORMATS, TicketError, export_ticket, load_ticket,  # noqa: E402
-                                  remaining_percent, resolve_ticket, strip_masks)
-from lottery_keras.models import MaskedModel, build_model  # noqa: E402
+from lottery_keras import data  # noqa: E402
+from lottery_keras.lottery import pruning  # noqa: E402
+from lottery_keras.train import loop as training  # noqa: E402
+from lottery_keras.config import from_preset  # noqa: E402
+from lottery_keras.deploy.tflite import EXPORT_COLUMNS, FORMATS, export_ticket  # noqa: E402
+from lottery_keras.deploy.tickets import TicketError, load_ticket, resolve_ticket, strip_masks  # noqa: E402
+from lottery_keras.lottery.paths import RunFolder  # noqa: E402
+from lottery_keras.lottery.pruning import remaining_percent  # noqa: E402
+from lottery_keras.nn.models import MaskedModel, build_model  # noqa: E402
 
 TEST_IMAGES = 2000
 
@@ -110,7 +115,7 @@ def test_tflite_accuracy_matches_keras(table):
 
 
 def test_sparse_files_are_smaller(table, model):
-    assert remaining_percent(model) <= 20.0
+    assert remaining_percent(model.get_masks()) <= 20.0
     rows = table.set_index("format")
     assert rows.loc["sparse", "bytes"] < 0.5 * rows.loc["float", "bytes"]
     assert rows.loc["int8", "bytes"] < rows.loc["sparse", "bytes"]
@@ -187,6 +192,7 @@ def test_load_ticket_rejects_what_is_not_a_ticket(ticket, tmp_path):
 
 def test_resolve_ticket(ticket, tmp_path):
     run = tmp_path / "mnist-lenet300_100-abc123"
+    RunFolder(run).write_config(from_preset("es667", "mnist", "lenet300_100"))
     for round_index, finished in ((0, True), (1, True), (2, False)):
         directory = run / "trial_0" / "magnitude_rewind" / f"round_{round_index:02d}"
         directory.mkdir(parents=True)
@@ -205,13 +211,16 @@ def test_resolve_ticket(ticket, tmp_path):
         resolve_ticket(run, round_index=2)
     with pytest.raises(TicketError, match="magnitude_rewind"):
         resolve_ticket(run, strategy="random_rewind")
-    with pytest.raises(TicketError, match="trial_0"):
+    with pytest.raises(TicketError, match="no trial 3; it holds trials 0"):
         resolve_ticket(run, trial=3)
-    with pytest.raises(TicketError, match="no trial_"):
+    with pytest.raises(TicketError, match="not a round folder"):
         resolve_ticket(tmp_path / "mnist-lenet300_100-abc123" / "trial_0" / "magnitude_rewind" / "round_02"
                        / "..")  # a strategy directory is not a run directory
     with pytest.raises(TicketError, match="no such"):
         resolve_ticket(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TicketError, match="neither a ticket file nor a run directory"):
+        resolve_ticket(tmp_path / "empty")
 
 
 def test_export_command_writes_the_table(ticket, tmp_path, capsys):

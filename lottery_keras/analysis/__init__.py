@@ -1,0 +1,1 @@
+"""Analysis: reports (tables, figures, report.md) read from run folders."""

@@ -1,0 +1,1 @@
+"""Deployment: tickets (find, load safely, strip masks) and TFLite export with LiteRT checks."""

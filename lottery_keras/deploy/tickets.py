@@ -1,0 +1,211 @@
+"""Tickets: find one in a run folder, load it safely, strip its masks into a plain Keras model.
+
+- `resolve_ticket` turns a run folder, a round folder or a `.keras` file into the ticket file it names.
+- `load_ticket` opens a `.keras` ticket and turns every way a file can fail to be one (missing, not a zip,
+  truncated, some other model) into a `TicketError` naming the file.
+- `strip_masks` rebuilds a masked model as a standard functional Keras model of `Dense` / `Conv2D` (plus the
+  weightless layers the architecture uses) with kernel = kernel ⊙ mask: the graph comes from the subclassed
+  model's own `call` applied to a `keras.Input`, then `keras.models.clone_model` swaps each masked layer for its
+  plain counterpart (`PLAIN_LAYERS`). The result loads with `keras.models.load_model` and no custom objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+
+from lottery_keras.lottery.paths import RunFolder, RunFolderError
+from lottery_keras.lottery.strategies import WINNING_TICKET
+from lottery_keras.nn.layers import MaskedConv2D, MaskedDense, MaskedLayer
+from lottery_keras.nn.models import MaskedModel
+
+
+class TicketError(ValueError):
+    """A file or directory that should hold a lottery ticket does not (the message names it and says why)."""
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def _ticket_config(path: Path) -> dict:
+    """Validate that `path` is a readable `.keras` archive and return its `config.json`."""
+    if not path.exists():
+        raise TicketError(f"{path}: no such file")
+    if path.is_dir():
+        raise TicketError(f"{path} is a directory, not a .keras ticket file (pass a run directory to "
+                          "resolve_ticket to pick a ticket from it)")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise TicketError(f"{path}: cannot read the file: {err.strerror or err}") from None
+    if not zipfile.is_zipfile(path):
+        if head.startswith(b"PK"):
+            raise TicketError(f"{path} is a truncated or corrupt zip archive, not a whole .keras ticket")
+        raise TicketError(f"{path} is not a .keras ticket: the file is not a zip archive"
+                          + (" (it is empty)" if not head else ""))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = {"config.json", "model.weights.h5"} - names
+            if missing:
+                raise TicketError(f"{path} is a zip archive but not a Keras model file: it lacks "
+                                  f"{', '.join(sorted(missing))}")
+            damaged = archive.testzip()
+            if damaged is not None:
+                raise TicketError(f"{path} is corrupt: the archive member {damaged} fails its CRC check")
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        if isinstance(err, TicketError):
+            raise
+        raise TicketError(f"{path} is a truncated or corrupt .keras archive ({err})") from None
+    if not isinstance(config, dict):
+        raise TicketError(f"{path}: config.json is not a Keras model configuration")
+    return config
+
+
+def _ticket_class(path: Path, config: dict) -> type:
+    """The registered MaskedModel subclass a `.keras` config describes, or a TicketError saying what it is."""
+    registered = config.get("registered_name") or config.get("class_name")
+    cls = keras.saving.get_registered_object(registered) if isinstance(registered, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, MaskedModel)):
+        kind = config.get("class_name")
+        what = f"a Keras {kind} object" if isinstance(kind, str) else "an unrecognised Keras object"
+        raise TicketError(f"{path} holds {what}, not a lottery_keras ticket (a masked model such as LeNetFC, "
+                          "LeNet5 or ConvNet)")
+    return cls
+
+
+def load_ticket(path: str | os.PathLike) -> MaskedModel:
+    """Load a saved ticket (`.keras` file of a lottery_keras masked model) without its optimizer.
+
+    Raises `TicketError` (a ValueError) naming the file when it is missing, not a zip archive, truncated or
+    corrupt, a Keras file of some other model, or fails to load for another reason.
+    """
+    path = Path(path)
+    config = _ticket_config(path)
+    _ticket_class(path, config)
+    if path.suffix != ".keras":
+        raise TicketError(f"{path} looks like a ticket but Keras only opens files named *.keras; rename it")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001  (any loader failure is a bad ticket; keep the cause chained)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise TicketError(f"{path} could not be loaded as a ticket: {type(err).__name__}: {first_line[:300]}") \
+            from err
+    if not isinstance(model, MaskedModel):
+        raise TicketError(f"{path} loaded as {type(model).__name__}, not a lottery_keras masked model")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- stripping
+
+def _plain_dense(layer: MaskedDense) -> keras.layers.Layer:
+    plain = keras.layers.Dense(layer.units, activation=layer.activation, name=layer.name)
+    plain.build((None, layer.kernel.shape[0]))
+    return plain
+
+
+def _plain_conv2d(layer: MaskedConv2D) -> keras.layers.Layer:
+    plain = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                                activation=layer.activation, name=layer.name)
+    plain.build((None, None, None, layer.kernel.shape[2]))
+    return plain
+
+
+# The standard Keras layer each masked layer becomes (built, with the same kernel layout): a new masked layer
+# type needs one entry here.
+PLAIN_LAYERS: dict[type, Callable[[MaskedLayer], keras.layers.Layer]] = {
+    MaskedDense: _plain_dense,
+    MaskedConv2D: _plain_conv2d,
+}
+
+
+def _to_plain(layer: keras.layers.Layer) -> keras.layers.Layer:
+    if isinstance(layer, MaskedLayer):
+        factory = PLAIN_LAYERS.get(type(layer))
+        if factory is None:
+            raise TypeError(f"strip_masks has no plain Keras counterpart for {type(layer).__name__} "
+                            f"(layer {layer.name}); add one to deploy.tickets.PLAIN_LAYERS")
+        plain = factory(layer)
+        plain.set_weights([keras.ops.convert_to_numpy(layer.kernel * layer.mask),
+                           keras.ops.convert_to_numpy(layer.bias)])
+        return plain
+    return layer.__class__.from_config(layer.get_config())
+
+
+def model_input_shape(model: keras.Model) -> tuple[int, ...]:
+    """The per-example input shape a built model was built for (e.g. (28, 28, 1))."""
+    build_config = model.get_build_config() or {}
+    shape = build_config.get("input_shape")
+    if not shape:
+        raise ValueError(f"model {model.name} is not built; build it (or load a saved ticket) first")
+    return tuple(int(d) for d in shape[1:])
+
+
+def strip_masks(model: MaskedModel, input_shape: Sequence[int] | None = None) -> keras.Model:
+    """A standard functional Keras model computing the same function as `model` with kernel = kernel ⊙ mask.
+
+    Its layers are built-in Keras layers only (`Dense`, `Conv2D` and the weightless layers of the architecture),
+    so it saves and loads with `keras.models.load_model` in a process that never imports lottery_keras. The
+    masked model is left untouched (the graph is traced from a copy).
+    """
+    input_shape = tuple(input_shape) if input_shape is not None else model_input_shape(model)
+    copy = model.__class__.from_config(model.get_config())
+    copy.build((None, *input_shape))
+    copy.set_weights(model.get_weights())
+    inputs = keras.Input(input_shape, name="input")
+    traced = keras.Model(inputs, copy.call(inputs), name=model.name)
+    return keras.models.clone_model(traced, clone_function=_to_plain)
+
+
+# ----------------------------------------------------------------------------------------------- finding tickets
+
+def resolve_ticket(path: str | os.PathLike, round_index: int | None = None, strategy: str = WINNING_TICKET,
+                   trial: int = 0) -> Path:
+    """The ticket file `path` names: a `.keras` file itself, a round folder's trained ticket, or, for a run
+    folder, the trained ticket of (`trial`, `strategy`, `round_index`) — round_index counts from 0 like the
+    folder names; default: the last finished round. Raises TicketError when absent."""
+    path = Path(path)
+    if not path.exists():
+        raise TicketError(f"{path}: no such ticket file or run directory")
+    if path.is_file():
+        return path
+    try:
+        run = RunFolder.containing(path)
+    except RunFolderError:
+        raise TicketError(f"{path} is neither a ticket file nor a run directory (no config.json)") from None
+    if run.directory.resolve() != path.resolve():  # a folder inside a run: it must be a round folder
+        try:
+            unit = run.unit_at(path)
+        except RunFolderError as err:
+            raise TicketError(str(err)) from None
+        if not unit.ticket_trained.is_file():
+            raise TicketError(f"{path} has no {unit.ticket_trained.name}")
+        return unit.ticket_trained
+    return _run_ticket(run, round_index, strategy, trial)
+
+
+def _run_ticket(run: RunFolder, round_index: int | None, strategy: str, trial: int) -> Path:
+    if trial not in run.trials():
+        trials = ", ".join(map(str, run.trials()))
+        raise TicketError(f"{run.directory} has no trial {trial}" + (f"; it holds trials {trials}" if trials else
+                                                                      " (no trial folders)"))
+    if strategy not in run.strategies(trial):
+        raise TicketError(f"{run.trial_dir(trial)} has no strategy {strategy!r}; it holds: "
+                          f"{', '.join(run.strategies(trial)) or 'none'}")
+    finished = {unit.round: unit for unit in run.finished_units(trial, strategy) if unit.ticket_trained.is_file()}
+    if not finished:
+        raise TicketError(f"{run.strategy_dir(trial, strategy)} has no finished round with a trained ticket yet")
+    if round_index is None:
+        round_index = max(finished)
+    elif round_index < 0:
+        raise TicketError(f"round index must be 0 or more, not {round_index}")
+    elif round_index not in finished:
+        raise TicketError(f"{run.strategy_dir(trial, strategy)} has no finished round {round_index}; finished "
+                          f"rounds: {', '.join(map(str, sorted(finished)))}")
+    return finished[round_index].ticket_trained

@@ -1,0 +1,1 @@
+"""The lottery: pruning criteria, the strategy registry, the IMP controller and run folders."""

@@ -1,0 +1,239 @@
+"""The IMP controller: rounds of train → prune → rewind, for the winning ticket and its controls.
+
+Work is organised in (trial, strategy, round) units (`paths.Unit`); what each strategy's masks and starting
+weights are, and so which units a unit depends on, is the strategy registry's (`strategies.py`). A run started
+again with the same command skips finished units, so a killed run resumes after its last finished round. Every
+unit depends only on files (θ0, earlier masks and tickets) and seeds derived from (seed, trial, round), so a
+resumed run produces the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from typing import Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from lottery_keras import data
+from lottery_keras.config import Experiment
+from lottery_keras.lottery import pruning, strategies
+from lottery_keras.lottery.paths import RunFolder, Unit
+from lottery_keras.lottery.strategies import STRATEGIES, Strategy
+from lottery_keras.nn.models import MaskedModel, build_model
+from lottery_keras.storage import atomic_path, read_npz, write_csv, write_json, write_npz
+from lottery_keras.train import plan as execution
+from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar
+from lottery_keras.train.loop import Trainer, compile_model
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A seed below 2**20 determined by `parts` (trial seed, round, purpose)."""
+    words = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % 2**32 for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] % 2**20)
+
+
+def prepare_run_folder(experiment: Experiment, output_dir: str | os.PathLike) -> RunFolder:
+    """Create (or re-open) the run folder and record the configuration; fails clearly when unwritable."""
+    folder = RunFolder.for_experiment(experiment, output_dir)
+    try:
+        folder.directory.mkdir(parents=True, exist_ok=True)
+        folder.write_config(experiment)
+    except OSError as err:
+        raise OSError(f"cannot write the run directory {folder.directory}: {err.strerror or err}; "
+                      "choose another folder with --output-dir") from err
+    return folder
+
+
+def load_splits(experiment: Experiment, data_dir: str | os.PathLike | None) -> data.Splits:
+    splits = data.load(experiment.dataset, data_dir)
+    return splits.head(train=experiment.train_subset) if experiment.train_subset else splits
+
+
+def save_ticket(model: MaskedModel, input_shape: tuple[int, ...], path: os.PathLike) -> None:
+    """Save weights and masks as a `.keras` file without optimizer state (tickets are for loading, not resuming)."""
+    clone = model.__class__.from_config(model.get_config())
+    clone.build((None, *input_shape))
+    clone.set_weights(model.get_weights())
+    with atomic_path(path) as tmp:
+        clone.save(tmp)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How to execute an experiment (none of it changes results, so none of it is in the run hash).
+
+    `plan` None: the execution plan `train.plan.decide` makes for the architecture on this machine.
+    """
+
+    strategies: Sequence[str] = tuple(STRATEGIES)
+    trials: Sequence[int] = (0,)  # trial t runs with seed + t
+    check_tfmot: bool = True
+    plan: execution.ExecutionPlan | None = None
+    verbose: bool = True
+
+
+class TrialRun:
+    """The rounds of all strategies for one trial (one seed): shares θ0, one model and one compiled loop."""
+
+    def __init__(self, experiment: Experiment, splits: data.Splits, folder: RunFolder, trial: int,
+                 options: RunOptions):
+        self.exp, self.splits, self.folder, self.trial, self.options = experiment, splits, folder, trial, options
+        self.seed = experiment.seed + trial
+        plan = options.plan or execution.decide(experiment.arch)
+        self.model = self._build(self.seed, plan.model_execution)
+        compile_model(self.model, experiment.learning_rate)
+        self.layer_names = [layer.name for layer in self.model.masked_layers()]
+        self.rates = {name: experiment.rates_by_kind[kind] for name, kind in self.model.layer_kinds().items()}
+        self.theta0 = self._load_or_save_theta0()
+        self.trainer = Trainer(self.model, splits.x_train, splits.y_train, batch_size=experiment.batch_size,
+                               augment=experiment.augment, plan=plan)
+
+    def _build(self, seed: int, model_execution=None) -> MaskedModel:
+        return build_model(self.exp.arch, self.splits.input_shape, self.splits.num_classes, self.exp.init, seed,
+                           self.exp.precision, model_execution)
+
+    # ------------------------------------------------------------------------------------------ schedule
+
+    def run(self, names: Sequence[str]) -> None:
+        for round_index in range(self.exp.rounds):
+            for name in names:
+                self.ensure_round(name, round_index)
+
+    def ensure_round(self, name: str, round_index: int) -> Unit:
+        """Run one (strategy, round) unit, and first the units it depends on, unless it is finished."""
+        unit = self.folder.unit(self.trial, name, round_index)
+        if unit.is_finished():
+            return unit
+        strategy = STRATEGIES[name]
+        needed = {dependency: self.ensure_round(*dependency)
+                  for dependency in strategy.dependencies(round_index, self.exp.pruning_scope)}
+        if round_index == 0 and strategy.dense_round_from:  # the same computation: copy it
+            self._copy_unit(needed[strategy.dense_round_from, 0], unit)
+        else:
+            self._train_round(strategy, unit, self._masks(strategy, round_index, needed),
+                              self._start_weights(strategy, round_index))
+        self.folder.refresh_results(self.trial, name)
+        return unit
+
+    @staticmethod
+    def _copy_unit(source: Unit, unit: Unit) -> None:
+        staging = unit.directory.with_name(f".{unit.directory.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source.directory, staging)
+        shutil.rmtree(unit.directory, ignore_errors=True)  # an unfinished attempt
+        staging.replace(unit.directory)
+
+    # ------------------------------------------------------------------------------------------ masks
+
+    def _masks(self, strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]) -> pruning.Masks:
+        if round_index == 0:
+            return {layer.name: np.ones(layer.mask.shape, np.float32) for layer in self.model.masked_layers()}
+        if strategy.masks == "borrowed":
+            return read_npz(needed[strategy.masks_from, round_index].masks)
+        previous = needed[strategy.name, round_index - 1]
+        old_masks = read_npz(previous.masks)
+        if strategy.masks == "magnitude":
+            return self._magnitude_masks(previous, old_masks, round_index)
+        reference = needed.get((strategy.counts_from, round_index))
+        return self._random_masks(old_masks, round_index, reference)
+
+    def _magnitude_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
+        trained = keras.models.load_model(previous.ticket_trained)
+        kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in trained.masked_layers()}
+        if self.exp.pruning_scope == "global":
+            return pruning.global_magnitude_prune(kernels, old_masks, self.exp.prune_fc, round_index)
+        counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
+        new_masks = pruning.magnitude_prune(kernels, old_masks, counts)
+        self._cross_check(old_masks, new_masks, round_index, kernels)
+        return new_masks
+
+    def _random_masks(self, old_masks: pruning.Masks, round_index: int, reference: Unit | None) -> pruning.Masks:
+        if self.exp.pruning_scope == "global":  # match the reference's per-layer counts at this level
+            counts = {name: int(mask.sum()) for name, mask in read_npz(reference.masks).items()}
+        else:
+            counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
+        rng = np.random.default_rng(derived_seed(self.seed, round_index, "random_masks"))
+        new_masks = pruning.random_prune(old_masks, counts, rng)
+        if self.exp.pruning_scope == "layerwise":
+            self._cross_check(old_masks, new_masks, round_index)
+        return new_masks
+
+    def _cross_check(self, old_masks, new_masks, round_index: int, kernels=None) -> None:
+        if self.options.check_tfmot:
+            for name in self.layer_names:
+                pruning.check_against_tfmot(name, old_masks[name], new_masks[name], self.rates[name], round_index,
+                                            None if kernels is None else kernels[name])
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def _load_or_save_theta0(self) -> dict[str, np.ndarray]:
+        path = self.folder.theta0(self.trial)
+        if path.exists():
+            return read_npz(path)
+        theta0 = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights}
+        write_npz(path, theta0)
+        return theta0
+
+    def _start_weights(self, strategy: Strategy, round_index: int) -> dict[str, np.ndarray]:
+        if strategy.start == "theta0":
+            return self.theta0
+        fresh = self._build(derived_seed(self.seed, round_index, "reinit"))
+        return {v.path: keras.ops.convert_to_numpy(v) for v in fresh.trainable_weights}
+
+    def _set_start(self, weights: dict[str, np.ndarray], masks: pruning.Masks) -> None:
+        for variable in self.model.trainable_weights:
+            variable.assign(weights[variable.path])
+        self.model.set_masks(masks)
+
+    # ------------------------------------------------------------------------------------------ one round
+
+    def _train_round(self, strategy: Strategy, unit: Unit, masks: pruning.Masks, start: dict) -> None:
+        self._set_start(start, masks)
+        remaining = pruning.remaining_percent(masks)
+        save_ticket(self.model, self.splits.input_shape, unit.ticket_init)
+        recorder = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
+                                     eval_every=self.exp.eval_every, iterations=self.exp.iterations,
+                                     train=(self.splits.x_train, self.splits.y_train))
+        callbacks = [recorder]
+        if self.options.verbose:
+            label = (f"trial {self.trial} · {strategy.name} · round {unit.round + 1}/{self.exp.rounds} · "
+                     f"{remaining:.2f}% of weights remaining")
+            callbacks.append(ProgressBar(recorder, label))
+        started = time.perf_counter()
+        self.trainer.train(self.exp.iterations, self.exp.eval_every, derived_seed(self.seed, unit.round, "data"),
+                           callbacks)
+        seconds = time.perf_counter() - started
+        save_ticket(self.model, self.splits.input_shape, unit.ticket_trained)
+        write_npz(unit.masks, masks)
+        write_csv(unit.history, recorder.history_frame())
+        result = recorder.result
+        write_json(unit.metrics, {
+            "round": unit.round, "remaining": round(remaining, 4), **result,
+            "generalization_gap": result["train_acc"] - result["test_acc"], "train_seconds": round(seconds, 3),
+        })
+
+
+def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outputs",
+                   data_dir: str | os.PathLike | None = None, options: RunOptions | None = None) -> RunFolder:
+    """Run (or resume) every trial, round and strategy of an experiment; returns the run folder."""
+    options = options or RunOptions()
+    names = strategies.resolve(options.strategies)
+    if not options.trials or min(options.trials) < 0:
+        raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
+    folder = prepare_run_folder(experiment, output_dir)
+    splits = load_splits(experiment, data_dir)
+    for trial in options.trials:
+        TrialRun(experiment, splits, folder, trial, options).run(names)
+    return folder
+
+
+def summary_table(folder: RunFolder) -> pd.DataFrame:
+    """Mean over trials per (strategy, round): remaining %, early-stop iteration, val and test accuracy."""
+    table = folder.results()
+    columns = ["remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc"]
+    return table.groupby(["strategy", "round"])[columns].mean().round(2)

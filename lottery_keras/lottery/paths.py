@@ -1,0 +1,235 @@
+"""Run folders: the one module that names a run's files, reads them and says which work is finished.
+
+    <output_dir>/<dataset>-<arch>-<hash>/
+        config.json                      the resolved Experiment and its hash
+        trial_<t>/theta0.npz             the trial's initial weights θ0 (shared by its strategies)
+        trial_<t>/<strategy>/results.csv one row per finished round (the table reports read)
+        trial_<t>/<strategy>/round_<rr>/ one unit of work:
+            ticket_init.keras            the ticket: θ_start ⊙ m (θ0 for rewinding strategies)
+            ticket_trained.keras         its weights after training
+            masks.npz                    one 0/1 array per layer
+            history.csv                  one row per evaluation (learning curves)
+            metrics.json                 the round's results; written last, so it marks the unit finished
+
+A strategy's results.csv is derived from its finished units and rebuilt after each one; rows of rounds whose unit
+folder is absent are kept (published runs commit the tables, not the tickets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from lottery_keras.config import Experiment
+from lottery_keras.storage import read_json, write_csv, write_json
+
+CONFIG = "config.json"
+THETA0 = "theta0.npz"
+RESULTS = "results.csv"
+TICKET_INIT = "ticket_init.keras"
+TICKET_TRAINED = "ticket_trained.keras"
+MASKS = "masks.npz"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+REPORT = "report"
+
+RESULT_COLUMNS = ["round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc", "train_acc",
+                  "generalization_gap", "ece", "val_loss", "train_seconds"]
+
+
+class RunFolderError(ValueError):
+    """A path that should be (part of) a run folder is not, or lacks what was asked for; the message says which."""
+
+
+def _trial_name(trial: int) -> str:
+    return f"trial_{trial}"
+
+
+def _round_name(round_index: int) -> str:
+    return f"round_{round_index:02d}"
+
+
+def _parse_index(name: str, prefix: str) -> int | None:
+    suffix = name.removeprefix(prefix)
+    return int(suffix) if name.startswith(prefix) and suffix.isdigit() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One (trial, strategy, round) of a run: a folder of files, finished once its metrics exist."""
+
+    directory: Path
+    trial: int
+    strategy: str
+    round: int
+
+    @property
+    def ticket_init(self) -> Path:
+        return self.directory / TICKET_INIT
+
+    @property
+    def ticket_trained(self) -> Path:
+        return self.directory / TICKET_TRAINED
+
+    @property
+    def masks(self) -> Path:
+        return self.directory / MASKS
+
+    @property
+    def history(self) -> Path:
+        return self.directory / HISTORY
+
+    @property
+    def metrics(self) -> Path:
+        return self.directory / METRICS
+
+    def is_finished(self) -> bool:
+        return self.metrics.is_file()
+
+    def read_metrics(self) -> dict:
+        return read_json(self.metrics)
+
+    def read_history(self) -> pd.DataFrame:
+        return pd.read_csv(self.history)
+
+
+class RunFolder:
+    """The folder of one run (see the module docstring for its layout)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.directory)!r})"
+
+    @classmethod
+    def for_experiment(cls, experiment: Experiment, output_dir: str | os.PathLike) -> "RunFolder":
+        return cls(Path(output_dir) / experiment.run_name)
+
+    @classmethod
+    def containing(cls, path: str | os.PathLike) -> "RunFolder":
+        """The run that `path` (the run folder itself, or a trial, strategy or unit folder, or a file in one)
+        belongs to: the nearest enclosing folder with a config.json."""
+        path = Path(path)
+        for candidate in (path, *path.parents):
+            if (candidate / CONFIG).is_file():
+                return cls(candidate)
+        raise RunFolderError(f"{path} is not inside a run folder (no {CONFIG} in it or above it)")
+
+    # ------------------------------------------------------------------------------------------ configuration
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / CONFIG
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def write_config(self, experiment: Experiment) -> None:
+        """Record the configuration (once: a run's config.json never changes)."""
+        if not self.exists():
+            write_json(self.config_path, {"experiment": experiment.to_dict(), "hash": experiment.hash})
+
+    def read_config(self) -> dict:
+        if not self.exists():
+            raise RunFolderError(f"{self.directory} is not a run folder (no {CONFIG})")
+        return read_json(self.config_path)
+
+    def experiment(self) -> Experiment:
+        return Experiment(**self.read_config()["experiment"])
+
+    @property
+    def hash(self) -> str:
+        return self.read_config()["hash"]
+
+    @property
+    def report_dir(self) -> Path:
+        return self.directory / REPORT
+
+    # ------------------------------------------------------------------------------------------ layout
+
+    def trial_dir(self, trial: int) -> Path:
+        return self.directory / _trial_name(trial)
+
+    def theta0(self, trial: int) -> Path:
+        return self.trial_dir(trial) / THETA0
+
+    def strategy_dir(self, trial: int, strategy: str) -> Path:
+        return self.trial_dir(trial) / strategy
+
+    def results_csv(self, trial: int, strategy: str) -> Path:
+        return self.strategy_dir(trial, strategy) / RESULTS
+
+    def unit(self, trial: int, strategy: str, round_index: int) -> Unit:
+        return Unit(self.strategy_dir(trial, strategy) / _round_name(round_index), trial, strategy, round_index)
+
+    def unit_at(self, path: str | os.PathLike) -> Unit:
+        """The unit whose folder is `path` or holds the file `path`."""
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        try:
+            trial_name, strategy, round_name = folder.resolve().relative_to(self.directory.resolve()).parts
+        except ValueError:
+            raise RunFolderError(f"{path} is not a round folder of the run {self.directory}") from None
+        trial, round_index = _parse_index(trial_name, "trial_"), _parse_index(round_name, "round_")
+        if trial is None or round_index is None:
+            raise RunFolderError(f"{path} is not a round folder of the run {self.directory}")
+        return self.unit(trial, strategy, round_index)
+
+    # ------------------------------------------------------------------------------------------ what exists
+
+    def trials(self) -> list[int]:
+        found = (_parse_index(p.name, "trial_") for p in self.directory.glob("trial_*") if p.is_dir())
+        return sorted(index for index in found if index is not None)
+
+    def strategies(self, trial: int) -> list[str]:
+        directory = self.trial_dir(trial)
+        return sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
+
+    def finished_units(self, trial: int, strategy: str) -> list[Unit]:
+        units = []
+        for folder in self.strategy_dir(trial, strategy).glob("round_*"):
+            round_index = _parse_index(folder.name, "round_")
+            if round_index is not None and self.unit(trial, strategy, round_index).is_finished():
+                units.append(self.unit(trial, strategy, round_index))
+        return sorted(units, key=lambda unit: unit.round)
+
+    # ------------------------------------------------------------------------------------------ results
+
+    def strategy_results(self, trial: int, strategy: str) -> pd.DataFrame:
+        """One row per finished round of one strategy of one trial, ordered by round: the finished units' metrics,
+        and the recorded rows of rounds that have no unit folder here."""
+        rows = {unit.round: unit.read_metrics() for unit in self.finished_units(trial, strategy)}
+        recorded = self.results_csv(trial, strategy)
+        if recorded.is_file():
+            for row in pd.read_csv(recorded).to_dict("records"):
+                if not self.unit(trial, strategy, int(row["round"])).directory.exists():
+                    rows.setdefault(int(row["round"]), row)
+        table = pd.DataFrame(list(rows.values()), columns=RESULT_COLUMNS)
+        return table.sort_values("round", ignore_index=True).astype({"round": int})
+
+    def refresh_results(self, trial: int, strategy: str) -> None:
+        """Rewrite the strategy's results.csv from what `strategy_results` finds."""
+        write_csv(self.results_csv(trial, strategy), self.strategy_results(trial, strategy))
+
+    def results(self) -> pd.DataFrame:
+        """Every finished round of the run, with leading `trial` and `strategy` columns."""
+        frames = []
+        for trial in self.trials():
+            for strategy in self.strategies(trial):
+                frame = self.strategy_results(trial, strategy)
+                frame.insert(0, "strategy", strategy)
+                frame.insert(0, "trial", trial)
+                frames.append(frame)
+        frames = [frame for frame in frames if not frame.empty]
+        if not frames:
+            return pd.DataFrame(columns=["trial", "strategy", *RESULT_COLUMNS])
+        return pd.concat(frames, ignore_index=True)
+
+    def unit_histories(self, strategy: str, round_index: int) -> list[pd.DataFrame]:
+        """The learning curves (history.csv) of one round of one strategy, from every trial that finished it."""
+        units = [self.unit(trial, strategy, round_index) for trial in self.trials()]
+        return [unit.read_history() for unit in units if unit.is_finished() and unit.history.is_file()]

@@ -1,0 +1,79 @@
+"""The strategy registry: what each IMP chain (the winning ticket and its controls) is, as data.
+
+A strategy says where each round's masks come from, which weights a round starts from, and so which other units
+of the same trial it depends on. The controller, the reports and the command line read this registry; a new
+strategy is one new entry.
+
+Masks (round 0 is always the dense network, every mask all ones):
+- `magnitude`: prune the smallest surviving weights of the strategy's own previous round, once trained;
+- `random`: prune random survivors of its own previous round (the same per-layer counts as magnitude pruning;
+  under global pruning, the counts of `counts_from` at the same round);
+- `borrowed`: the masks of `masks_from` at the same round.
+Start: `theta0` rewinds to the trial's initial weights θ0; `reinit` draws fresh weights every round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+MASK_SOURCES = ("magnitude", "random", "borrowed")
+STARTS = ("theta0", "reinit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    name: str
+    label: str  # in reports and figures
+    color: str  # matplotlib color in figures
+    masks: str
+    start: str
+    masks_from: str | None = None  # `borrowed` masks: whose
+    counts_from: str | None = None  # `random` masks under global pruning: whose per-layer counts
+    dense_round_from: str | None = None  # round 0 is the same computation as this strategy's round 0: copied
+
+    def __post_init__(self):
+        if self.masks not in MASK_SOURCES or self.start not in STARTS:
+            raise ValueError(f"strategy {self.name}: masks must be one of {MASK_SOURCES}, start one of {STARTS}")
+        if (self.masks == "borrowed") != (self.masks_from is not None):
+            raise ValueError(f"strategy {self.name}: borrowed masks, and only they, need masks_from")
+
+    def dependencies(self, round_index: int, pruning_scope: str = "layerwise") -> list[tuple[str, int]]:
+        """The (strategy, round) units of the same trial that must be finished before this round can run."""
+        if round_index == 0:
+            return [(self.dense_round_from, 0)] if self.dense_round_from else []
+        if self.masks == "borrowed":
+            return [(self.masks_from, round_index)]
+        own = [(self.name, round_index - 1)]
+        if self.masks == "random" and pruning_scope == "global" and self.counts_from:
+            own.append((self.counts_from, round_index))
+        return own
+
+
+WINNING_TICKET = "magnitude_rewind"
+REINIT_CONTROL = "magnitude_random"
+RANDOM_PRUNING_CONTROL = "random_rewind"
+
+STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
+    Strategy(WINNING_TICKET, "winning ticket", "tab:blue", masks="magnitude", start="theta0"),
+    Strategy(REINIT_CONTROL, "random reinit", "tab:orange", masks="borrowed", start="reinit",
+             masks_from=WINNING_TICKET),
+    Strategy(RANDOM_PRUNING_CONTROL, "random pruning", "tab:green", masks="random", start="theta0",
+             counts_from=WINNING_TICKET, dense_round_from=WINNING_TICKET),
+)}
+
+
+def resolve(names: Sequence[str]) -> list[str]:
+    """Validate strategy names ('all' = every registered one), in registry order (the order units run)."""
+    wanted = set(STRATEGIES) if "all" in names else set(names)
+    unknown = wanted - set(STRATEGIES)
+    if unknown or not wanted:
+        raise ValueError(f"unknown strategy {', '.join(sorted(unknown)) or '(none)'}; choose from: "
+                         f"{', '.join(STRATEGIES)}, all")
+    return [name for name in STRATEGIES if name in wanted]
+
+
+def ordered(names) -> list[str]:
+    """Registered strategies in registry order, then any others (e.g. from an older run) alphabetically."""
+    names = set(names)
+    return [name for name in STRATEGIES if name in names] + sorted(names - set(STRATEGIES))

@@ -1,0 +1,1 @@
+"""Training: the compiled loop, the execution plan, the optimizer, evaluation and callbacks."""

@@ -1,0 +1,99 @@
+"""Callbacks: the early-stop-iteration recorder and a progress bar.
+
+Both read the step count from `model.optimizer.iterations`, so they work the same under `keras.Model.fit`
+(called every batch) and under the compiled loop of `loop.py` (called once per chunk of steps).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+
+from lottery_keras.train.evaluation import SplitEvaluator, accuracy, expected_calibration_error, softmax
+
+
+class EarlyStopRecorder(keras.callbacks.Callback):
+    """Evaluates every `eval_every` iterations, records the iteration of minimum validation loss and keeps the
+    weights of that iteration.
+
+    At the end of training `result` holds: `es_iteration`, `val_loss`, `val_acc`, `test_acc` (of the kept
+    weights), `final_test_acc`, `train_acc` (kept weights, training split), `ece` (kept weights, test split),
+    all accuracies in percent; `history` holds one row per evaluation, for learning curves. The test split is
+    evaluated at every evaluation when `test_every_eval` (curves), else only for the kept and final weights.
+    """
+
+    def __init__(self, validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
+                 eval_every: int, iterations: int, train: tuple[np.ndarray, np.ndarray] | None = None,
+                 test_every_eval: bool = True, eval_batch_size: int = 1000):
+        super().__init__()
+        self.eval_every = eval_every
+        self.iterations = iterations
+        self.test_every_eval = test_every_eval
+        self.eval_batch_size = eval_batch_size
+        self._splits = {name: split for name, split in (("val", validation), ("test", test), ("train", train))
+                        if split is not None}
+        self.history: list[dict] = []
+        self.best_weights: list[np.ndarray] | None = None
+        self.result: dict = {}
+        self._evaluator: SplitEvaluator | None = None
+
+    def on_train_begin(self, logs=None):
+        self.history, self.best_weights, self.result = [], None, {}
+        self._evaluator = SplitEvaluator(self.model, self._splits, self.eval_batch_size)
+
+    def on_train_batch_end(self, batch, logs=None):
+        iteration = int(self.model.optimizer.iterations.numpy())
+        if iteration % self.eval_every and iteration != self.iterations:
+            return
+        if self.history and self.history[-1]["iteration"] == iteration:
+            return
+        row = {"iteration": iteration, **self._evaluator.metrics("val")}
+        if self.test_every_eval:
+            row.update(self._evaluator.metrics("test"))
+        if not self.history or row["val_loss"] < min(r["val_loss"] for r in self.history):
+            self.best_weights = self.model.get_weights()
+        self.history.append(row)
+
+    def on_train_end(self, logs=None):
+        if not self.history:
+            raise RuntimeError("training ended before the first evaluation; nothing was recorded")
+        best = min(self.history, key=lambda r: r["val_loss"])
+        final_test = self.history[-1] if self.test_every_eval else self._evaluator.metrics("test")
+        final_weights = self.model.get_weights()
+        self.model.set_weights(self.best_weights)
+        try:
+            test_logits = self._evaluator.logits("test")
+            train_acc = self._evaluator.metrics("train")["train_acc"] if "train" in self._splits else float("nan")
+        finally:
+            self.model.set_weights(final_weights)
+        test_labels = self._evaluator.labels["test"]
+        self.result = {
+            "es_iteration": best["iteration"], "val_loss": best["val_loss"], "val_acc": best["val_acc"],
+            "test_acc": accuracy(test_logits, test_labels), "final_test_acc": final_test["test_acc"],
+            "train_acc": train_acc, "ece": expected_calibration_error(softmax(test_logits), test_labels),
+        }
+
+    def history_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history)
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """A `keras.utils.Progbar` over iterations showing the latest validation loss and accuracy."""
+
+    def __init__(self, recorder: EarlyStopRecorder, label: str = ""):
+        super().__init__()
+        self.recorder = recorder
+        self.label = label
+        self._bar: keras.utils.Progbar | None = None
+
+    def on_train_begin(self, logs=None):
+        if self.label:
+            print(self.label, flush=True)
+        self._bar = keras.utils.Progbar(self.recorder.iterations, unit_name="it",
+                                        stateful_metrics=["val_loss", "val_acc"])
+
+    def on_train_batch_end(self, batch, logs=None):
+        latest = self.recorder.history[-1] if self.recorder.history else {}
+        values = [(key, latest[key]) for key in ("val_loss", "val_acc") if key in latest]
+        self._bar.update(int(self.model.optimizer.iterations.numpy()), values=values)

@@ -1,0 +1,99 @@
+"""Run folders (`lottery/paths.py`): the layout, finding a path's run and unit, results rebuilt from finished
+units, and the published runs: found under their recorded hashes and reported from their committed files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lottery_keras import config
+from lottery_keras.analysis import report
+from lottery_keras.lottery.paths import RESULT_COLUMNS, RunFolder, RunFolderError
+from lottery_keras.storage import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = sorted(path.parent for path in (REPO / "outputs").glob("*/config.json"))
+
+
+def metrics(round_index: int, test_acc: float) -> dict:
+    return {column: float(round_index) for column in RESULT_COLUMNS} | {"round": round_index, "test_acc": test_acc}
+
+
+@pytest.fixture
+def run(tmp_path) -> RunFolder:
+    folder = RunFolder.for_experiment(config.from_preset("es667", "mnist", "lenet300_100"), tmp_path)
+    folder.directory.mkdir()
+    folder.write_config(config.from_preset("es667", "mnist", "lenet300_100"))
+    return folder
+
+
+def finish(unit, test_acc: float) -> None:
+    unit.directory.mkdir(parents=True, exist_ok=True)
+    write_json(unit.metrics, metrics(unit.round, test_acc))
+
+
+def test_layout_names_every_file(run):
+    unit = run.unit(2, "magnitude_rewind", 3)
+    assert unit.directory == run.directory / "trial_2" / "magnitude_rewind" / "round_03"
+    assert (unit.ticket_init.name, unit.ticket_trained.name, unit.masks.name, unit.history.name,
+            unit.metrics.name) == ("ticket_init.keras", "ticket_trained.keras", "masks.npz", "history.csv",
+                                   "metrics.json")
+    assert run.theta0(2) == run.directory / "trial_2" / "theta0.npz"
+    assert run.results_csv(2, "random_rewind") == run.directory / "trial_2" / "random_rewind" / "results.csv"
+    assert run.hash == config.from_preset("es667", "mnist", "lenet300_100").hash
+    assert run.experiment() == config.from_preset("es667", "mnist", "lenet300_100")
+
+
+def test_a_paths_run_and_unit_come_from_config_json_not_from_its_depth(run):
+    unit = run.unit(1, "magnitude_random", 4)
+    finish(unit, 90.0)
+    for inside in (unit.metrics, unit.directory, run.trial_dir(1), run.directory):
+        assert RunFolder.containing(inside).directory == run.directory
+    assert run.unit_at(unit.metrics) == unit and run.unit_at(unit.directory) == unit
+    with pytest.raises(RunFolderError, match="not a round folder"):
+        run.unit_at(run.strategy_dir(1, "magnitude_random"))
+    with pytest.raises(RunFolderError, match="not inside a run folder"):
+        RunFolder.containing(run.directory.parent)
+
+
+def test_results_are_rebuilt_from_finished_units_and_keep_recorded_rows_without_units(run):
+    """A kill between a unit's metrics and the table leaves results.csv short: the next refresh repairs it.
+    Rows of rounds without a unit folder (a published table whose tickets are not committed) are kept; a unit
+    folder without metrics (an unfinished attempt) drops its row."""
+    recorded = pd.DataFrame([metrics(0, 97.0), metrics(1, 98.0), metrics(2, 50.0)], columns=RESULT_COLUMNS)
+    run.strategy_dir(0, "magnitude_rewind").mkdir(parents=True)
+    recorded.to_csv(run.results_csv(0, "magnitude_rewind"), index=False)
+    finish(run.unit(0, "magnitude_rewind", 1), 98.5)  # finished here: wins over the recorded row
+    run.unit(0, "magnitude_rewind", 2).directory.mkdir()  # an attempt in progress
+    finish(run.unit(0, "magnitude_rewind", 3), 96.0)  # finished, not yet in the table
+    table = run.strategy_results(0, "magnitude_rewind")
+    assert table["round"].tolist() == [0, 1, 3]
+    assert table["test_acc"].tolist() == [97.0, 98.5, 96.0]
+    run.refresh_results(0, "magnitude_rewind")
+    pd.testing.assert_frame_equal(pd.read_csv(run.results_csv(0, "magnitude_rewind")), table, check_dtype=False)
+    assert run.results()[["trial", "strategy"]].drop_duplicates().values.tolist() == [[0, "magnitude_rewind"]]
+
+
+@pytest.mark.parametrize("published", PUBLISHED, ids=lambda path: path.name)
+def test_published_runs_keep_their_directories(published):
+    folder = RunFolder(published)
+    experiment = folder.experiment()
+    assert experiment.hash == folder.hash and experiment.run_name == published.name
+
+
+@pytest.mark.parametrize("published", PUBLISHED, ids=lambda path: path.name)
+def test_published_reports_rebuild_identically_from_committed_files(published, tmp_path):
+    """What a fresh clone has (git's committed files only) gives the committed report tables."""
+    relative = published.relative_to(REPO)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", str(relative)], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    clone = tmp_path / relative
+    shutil.rmtree(clone / "report")
+    rebuilt = report.write_report([clone], tmp_path / "rebuilt")
+    for name in ("rounds.csv", "summary.csv", "report.md"):
+        assert (rebuilt / name).read_text() == (published / "report" / name).read_text(), name
