@@ -67,7 +67,9 @@ def save_ticket(model: MaskedModel, input_shape: tuple[int, ...], path: os.PathL
 class RunOptions:
     """How to execute an experiment (none of it changes results, so none of it is in the run hash).
 
-    `plan` None: the execution plan `train.plan.decide` makes for the architecture on this machine.
+    `plan` None: the execution plan `train.plan.decide` makes for the architecture on this machine. Either is
+    applied with `train.plan.apply_threads`, which falls back to TensorFlow's pools, unsharded, when they can no
+    longer change.
     """
 
     strategies: Sequence[str] = tuple(STRATEGIES)
@@ -84,7 +86,7 @@ class TrialRun:
                  options: RunOptions):
         self.exp, self.splits, self.folder, self.trial, self.options = experiment, splits, folder, trial, options
         self.seed = experiment.seed + trial
-        plan = options.plan or execution.decide(experiment.arch)
+        plan = execution.apply_threads(options.plan or execution.decide(experiment.arch))
         self.model = self._build(self.seed, plan.model_execution)
         compile_model(self.model, experiment.learning_rate)
         self.layer_names = [layer.name for layer in self.model.masked_layers()]
