@@ -103,6 +103,26 @@ def test_magnitude_random_reuses_the_masks_with_different_weights(finished_trial
             assert np.all(w_reinit[name][~survivors] == 0)
 
 
+def test_reinit_chain_prunes_its_own_trained_weights_and_starts_fresh(finished_trial):
+    run_dir, _ = finished_trial
+    unit = RunFolder(run_dir).unit
+    dense_chain, dense_reinit = (read_json(unit(0, name, 0).metrics) for name in ("reinit_chain", "magnitude_random"))
+    assert dense_chain == dense_reinit  # round 0 is the control's dense reinitialised network, copied
+    _, trained = kernels(unit(0, "reinit_chain", 1).ticket_trained)
+    old, new = read_npz(unit(0, "reinit_chain", 1).masks), read_npz(unit(0, "reinit_chain", 2).masks)
+    ticket = read_npz(unit(0, "magnitude_rewind", 2).masks)
+    for name, w in trained.items():
+        dropped, kept = (old[name] == 1) & (new[name] == 0), new[name] == 1
+        assert np.abs(w[dropped]).max() <= np.abs(w[kept]).min()
+        assert not np.array_equal(new[name], ticket[name])
+    _, start = kernels(unit(0, "reinit_chain", 2).ticket_init)
+    _, reinit_start = kernels(unit(0, "magnitude_random", 2).ticket_init)
+    for name, w in start.items():  # the same fresh draw as the paper's control, under the chain's own masks
+        both = (new[name] == 1) & (ticket[name] == 1)
+        np.testing.assert_array_equal(w[both], reinit_start[name][both])
+        assert np.all(w[new[name] == 0] == 0)
+
+
 def test_random_rewind_masks_are_independent_of_the_magnitude_masks(finished_trial):
     run_dir, _ = finished_trial
     magnitude = read_npz(RunFolder(run_dir).unit(0, "magnitude_rewind", 2).directory / "masks.npz")
@@ -115,7 +135,8 @@ def test_random_rewind_masks_are_independent_of_the_magnitude_masks(finished_tri
 
 def test_a_loaded_ticket_predicts_like_the_in_memory_model(finished_trial):
     run_dir, trial = finished_trial
-    loaded = keras.models.load_model(RunFolder(run_dir).unit(0, "random_rewind", 2).directory / "ticket_trained.keras")
+    last_trained = RunFolder(run_dir).unit(0, list(STRATEGIES)[-1], 2)  # the model in memory holds the last unit
+    loaded = keras.models.load_model(last_trained.ticket_trained)
     x = trial.splits.x_test[:500]
     np.testing.assert_allclose(loaded.predict(x, verbose=0), trial.model.predict(x, verbose=0), atol=1e-5)
 

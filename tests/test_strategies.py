@@ -21,6 +21,13 @@ def test_the_paper_strategies_and_their_dependencies():
     assert random.dependencies(3, "global") == [("random_rewind", 2), ("magnitude_rewind", 3)]
 
 
+def test_the_es667_reinit_chain_prunes_its_own_reinitialised_networks():
+    chain = STRATEGIES["reinit_chain"]
+    assert (chain.masks, chain.start) == ("magnitude", "reinit")
+    assert chain.dependencies(0) == [("magnitude_random", 0)]  # the same dense reinitialised network: copied
+    assert chain.dependencies(3) == [("reinit_chain", 2)] == chain.dependencies(3, "global")
+
+
 def test_resolve_keeps_registry_order_and_names_the_choices():
     assert strategies.resolve(["random_rewind", "magnitude_rewind"]) == ["magnitude_rewind", "random_rewind"]
     assert strategies.resolve(["all"]) == list(STRATEGIES)

@@ -250,7 +250,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         "Accuracies are in percent, at the early-stop iteration (minimum validation loss) unless named *final*; "
         "each number is the mean over the trials that finished the round, figures show min–max bands. "
         "Round 0 is the dense network (100% of weights remaining). Strategies: "
-        + "; ".join(f"`{name}` = {strategy.label}" for name, strategy in STRATEGIES.items()) + ".",
+        + "; ".join(f"`{name}` = {label_of(name)}" for name in strategies.ordered(rounds["strategy"])) + ".",
         "## Protocol", markdown_table(protocol_table(runs)),
         "## Trials and rounds done", markdown_table(trials_table(runs)),
         "## Study summary",

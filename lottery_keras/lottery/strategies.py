@@ -9,7 +9,12 @@ Masks (round 0 is always the dense network, every mask all ones):
 - `random`: prune random survivors of its own previous round (the same per-layer counts as magnitude pruning;
   under global pruning, the counts of `counts_from` at the same round);
 - `borrowed`: the masks of `masks_from` at the same round.
-Start: `theta0` rewinds to the trial's initial weights θ0; `reinit` draws fresh weights every round.
+Start: `theta0` rewinds to the trial's initial weights θ0; `reinit` draws fresh weights every round (the same
+draw for every `reinit` strategy at a round, so the two reinitialisation controls differ only in their masks).
+
+The two reinitialisation controls answer different questions. The paper's (`magnitude_random`) trains the winning
+ticket's own masks from a fresh init: is it the masks or the weights? The ES667 study's (`reinit_chain`) is a
+pruning chain of its own: prune the reinitialised network's trained weights, reinitialise again, round after round.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class Strategy:
 WINNING_TICKET = "magnitude_rewind"
 REINIT_CONTROL = "magnitude_random"
 RANDOM_PRUNING_CONTROL = "random_rewind"
+REINIT_CHAIN = "reinit_chain"
 
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
     Strategy(WINNING_TICKET, "winning ticket", "tab:blue", masks="magnitude", start="theta0"),
@@ -60,6 +66,8 @@ STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
              masks_from=WINNING_TICKET),
     Strategy(RANDOM_PRUNING_CONTROL, "random pruning", "tab:green", masks="random", start="theta0",
              counts_from=WINNING_TICKET, dense_round_from=WINNING_TICKET),
+    Strategy(REINIT_CHAIN, "reinit chain (ES667)", "tab:red", masks="magnitude", start="reinit",
+             dense_round_from=REINIT_CONTROL),
 )}
 
 
