@@ -1,6 +1,7 @@
 """The IMP controller on tiny real MNIST runs: files, rewinding, controls, saved tickets, resume, CLI."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,18 @@ def test_a_rerun_skips_finished_rounds(finished_trial):
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("metrics.json")}
     imp.run_experiment(tiny_experiment(), run_dir.parent, options=imp.RunOptions(strategies=["all"], verbose=False))
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("metrics.json")} == before
+
+
+def test_a_clone_of_a_published_run_trains_again_what_it_lacks_the_tickets_of(finished_trial, tmp_path):
+    """Published runs commit metrics and histories, not tickets: resuming a clone retrains, with the same results."""
+    run_dir, _ = finished_trial
+    clone = tmp_path / run_dir.name
+    shutil.copytree(run_dir, clone, ignore=shutil.ignore_patterns("*.keras", "*.npz"))
+    published = RunFolder(clone).results()
+    imp.run_experiment(tiny_experiment(), tmp_path, options=imp.RunOptions(strategies=["all"], verbose=False))
+    assert all(unit.is_resumable() for unit in RunFolder(clone).finished_units(0, "magnitude_rewind"))
+    pd.testing.assert_frame_equal(RunFolder(clone).results().drop(columns="train_seconds"),
+                                  published.drop(columns="train_seconds"))
 
 
 def test_more_rounds_extend_the_same_run_directory():

@@ -2,8 +2,8 @@
 
 Work is organised in (trial, strategy, round) units (`paths.Unit`); what each strategy's masks and starting
 weights are, and so which units a unit depends on, is the strategy registry's (`strategies.py`). A run started
-again with the same command skips finished units, so a killed run resumes after its last finished round. Every
-unit depends only on files (θ0, earlier masks and tickets) and seeds derived from (seed, trial, round), so a
+again with the same command skips finished units (those with their tickets), so a killed run resumes after its
+last finished round. Every unit depends only on files (θ0, earlier masks and tickets) and seeds derived from (seed, trial, round), so a
 resumed run produces the same results as an uninterrupted one.
 """
 
@@ -107,9 +107,10 @@ class TrialRun:
                 self.ensure_round(name, round_index)
 
     def ensure_round(self, name: str, round_index: int) -> Unit:
-        """Run one (strategy, round) unit, and first the units it depends on, unless it is finished."""
+        """Run one (strategy, round) unit, and first the units it depends on, unless it is finished with its
+        tickets."""
         unit = self.folder.unit(self.trial, name, round_index)
-        if unit.is_finished():
+        if unit.is_resumable():
             return unit
         strategy = STRATEGIES[name]
         needed = {dependency: self.ensure_round(*dependency)

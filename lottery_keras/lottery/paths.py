@@ -12,7 +12,9 @@
             metrics.json                 the round's results; written last, so it marks the unit finished
 
 A strategy's results.csv is derived from its finished units and rebuilt after each one; rows of rounds whose unit
-folder is absent are kept (published runs commit the tables, not the tickets).
+folder is absent are kept (the first published trials committed only the tables). Published runs commit each
+unit's metrics.json and history.csv, not its tickets and masks: such a unit has results, but later rounds cannot
+start from it, so a run resumed from a clone trains it again (`Unit.is_resumable`).
 """
 
 from __future__ import annotations
@@ -87,7 +89,12 @@ class Unit:
         return self.directory / METRICS
 
     def is_finished(self) -> bool:
+        """Its results exist."""
         return self.metrics.is_file()
+
+    def is_resumable(self) -> bool:
+        """Finished, with the masks and trained ticket that later rounds start from."""
+        return self.is_finished() and self.masks.is_file() and self.ticket_trained.is_file()
 
     def read_metrics(self) -> dict:
         return read_json(self.metrics)
