@@ -1,4 +1,4 @@
-"""Command line: `run.py [run] ...` (iterative magnitude pruning), `run.py report ...`, `run.py export ...`.
+"""Command line: `run.py [run] ...` (iterative magnitude pruning), `run.py report|study|export ...`.
 
 Parsing, `--help` and `--dry-run` load no TensorFlow; the commands that need it load it quietly (`quiet_tensorflow`).
 """
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-COMMANDS = ("run", "report", "export")
+COMMANDS = ("run", "report", "study", "export")
 
 
 def quiet_tensorflow() -> None:
@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                                              "early-stop iteration vs weights remaining, learning curves, "
                                              "study tables.")
     _add_report_arguments(report)
+    study = commands.add_parser("study", help="several seeds of several runs vs the ES667 study and the paper",
+                                description="Compare runs over their seeds (mean and min–max) with the values the "
+                                            "ES667 study and the paper published: winning tickets, controls at "
+                                            "matched levels before collapse, the paper's LeNet claims, figures.")
+    study.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished or partly finished run directories")
+    study.add_argument("--output-dir", help="where study.md, figures and tables go (default: study/ beside the runs)")
     export = commands.add_parser("export", help="export a ticket to TFLite and check it on the edge runtime",
                                  description="Strip a ticket's masks, convert it to TFLite (float, sparse, int8), "
                                              "run each file with LiteRT on the test set and write export.csv.")
@@ -225,6 +231,14 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_study(args: argparse.Namespace) -> int:
+    from lottery_keras.analysis import study
+
+    folder = study.write_study([Path(p) for p in args.run_dirs], Path(args.output_dir) if args.output_dir else None)
+    print(f"study written to {folder / 'study.md'}")
+    return 0
+
+
 def command_export(args: argparse.Namespace) -> int:
     quiet_tensorflow()
     from lottery_keras import data
@@ -259,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     from lottery_keras.lottery.pruning import PruningCrossCheckError
 
     try:
-        return {"run": command_run, "report": command_report, "export": command_export}[args.command](args)
+        commands = {"run": command_run, "report": command_report, "study": command_study, "export": command_export}
+        return commands[args.command](args)
     except (ValueError, DataError, OSError, PruningCrossCheckError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

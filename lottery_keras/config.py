@@ -87,7 +87,7 @@ def _steps_per_epoch(dataset: str, batch_size: int) -> int:
 
 
 def _es667(dataset: str, arch: str) -> dict:
-    batch = 128 if arch == "conv6" else 60
+    batch = 60  # Conv-6 too: the study's early-stop iterations are multiples of 45,000 / 60, not of 45,000 / 128
     return dict(init="he_normal", learning_rate=1.2e-3, batch_size=batch, iterations=40_000,
                 eval_every=_steps_per_epoch(dataset, batch), rounds=16, prune_fc=0.3, prune_conv=0.3,
                 prune_output=0.3, augment=canonical_name(dataset) == "cifar10")
@@ -131,3 +131,16 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
         raise ValueError("global pruning uses one rate for all layers (--prune-fc or --prune-rate); "
                          "--prune-conv and --prune-output apply to layerwise pruning only")
     return Experiment(dataset=dataset, arch=arch, **values)
+
+
+def preset_of(experiment: Experiment) -> str | None:
+    """The preset whose protocol `experiment` follows (whatever its seed and number of rounds), or None."""
+    for name in PRESETS:
+        try:
+            protocol = from_preset(name, experiment.dataset, experiment.arch, seed=experiment.seed,
+                                   rounds=experiment.rounds)
+        except (KeyError, ValueError):  # the preset has no protocol for this architecture
+            continue
+        if protocol == experiment:
+            return name
+    return None

@@ -14,7 +14,13 @@ def test_es667_preset_matches_the_study():
     assert exp.rates_by_kind == {"fc": 0.3, "conv": 0.3, "output": 0.3}
     assert exp.eval_every == 55_000 // 60 and not exp.augment
     cifar = config.from_preset("es667", "cifar10", "conv6")
-    assert cifar.batch_size == 128 and cifar.augment and cifar.eval_every == 45_000 // 128
+    assert cifar.batch_size == 60 and cifar.augment and cifar.eval_every == 750  # the study's ES grid: 45,000 / 60
+
+
+def test_preset_of_recognises_a_protocol_whatever_its_seed_and_rounds():
+    assert config.preset_of(config.from_preset("es667", "fashion", "lenet5", seed=3, rounds=4)) == "es667"
+    assert config.preset_of(config.from_preset("frankle2019", "mnist", "lenet300_100", rounds=19)) == "frankle2019"
+    assert config.preset_of(config.from_preset("es667", "mnist", "lenet5", iterations=600)) is None
 
 
 def test_frankle2019_preset_matches_the_paper():

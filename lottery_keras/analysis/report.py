@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -121,14 +121,15 @@ def strategy_rounds(rounds: pd.DataFrame, run: str, strategy: str) -> pd.DataFra
     return selected.set_index("round").sort_index()
 
 
-def ticket_range(ticket: pd.DataFrame, dense: float) -> float:
-    """The sparsest remaining % such that every round from dense down to it has mean test accuracy
-    ≥ dense − `TICKET_TOLERANCE`; NaN without a dense round."""
+def ticket_range(accuracy: pd.Series, remaining: pd.Series, dense: float,
+                 tolerance: float = TICKET_TOLERANCE) -> float:
+    """The sparsest remaining % such that every round from dense down to it has `accuracy` ≥ dense − `tolerance`;
+    NaN without a dense round. Both series are indexed by round."""
     sparsest = math.nan
-    for expected, (round_index, row) in enumerate(ticket.iterrows()):
-        if round_index != expected or not row["test_acc_mean"] >= dense - TICKET_TOLERANCE:
+    for expected, round_index in enumerate(accuracy.sort_index().index):
+        if round_index != expected or not accuracy[round_index] >= dense - tolerance:
             break  # a missing round or a round below the tolerance ends the range
-        sparsest = row["remaining"]
+        sparsest = remaining[round_index]
     return sparsest
 
 
@@ -152,7 +153,7 @@ def run_summary(rounds: pd.DataFrame, run: str) -> dict:
         "run": run, "dense_test_acc": dense,
         "peak_test_acc": math.nan if peak is None else ticket.at[peak, "test_acc_mean"],
         "peak_remaining": math.nan if peak is None else ticket.at[peak, "remaining"],
-        "ticket_range_remaining": ticket_range(ticket, dense),
+        "ticket_range_remaining": ticket_range(ticket["test_acc_mean"], ticket["remaining"], dense),
         "reinit_remaining": reinit_at, "rewind_test_acc": rewind_acc, "reinit_test_acc": reinit_acc,
         "rewind_minus_reinit": rewind_acc - reinit_acc,
         "random_pruning_remaining": random_at, "magnitude_test_acc": magnitude_acc,
@@ -392,9 +393,11 @@ FIGURE_BUILDERS: dict[str, Callable[[list[Run], pd.DataFrame], Figure]] = {
 
 
 def save_figure(figure: Figure, directory: Path, stem: str) -> None:
-    for suffix in (".png", ".svg"):
-        with atomic_path(directory / f"{stem}{suffix}") as tmp:
-            figure.savefig(tmp, dpi=150)
+    """PNG and SVG, byte-identical for identical data (no dates, fixed SVG ids), so rebuilt reports diff cleanly."""
+    with rc_context({"svg.hashsalt": "lottery_keras"}):
+        for suffix in (".png", ".svg"):
+            with atomic_path(directory / f"{stem}{suffix}") as tmp:
+                figure.savefig(tmp, dpi=150, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -3,8 +3,8 @@
 Work is organised in (trial, strategy, round) units (`paths.Unit`); what each strategy's masks and starting
 weights are, and so which units a unit depends on, is the strategy registry's (`strategies.py`). A run started
 again with the same command skips finished units (those with their tickets), so a killed run resumes after its
-last finished round. Every unit depends only on files (θ0, earlier masks and tickets) and seeds derived from (seed, trial, round), so a
-resumed run produces the same results as an uninterrupted one.
+last finished round. Every unit depends only on files (θ0, earlier masks and tickets) and seeds derived from
+(seed, trial, round), so a resumed run produces the same results as an uninterrupted one.
 """
 
 from __future__ import annotations
