@@ -13,10 +13,13 @@ import dataclasses
 import hashlib
 import json
 
+import numpy as np
+
 from lottery_keras.catalog import INITIALIZERS, PRECISIONS, canonical_arch
 from lottery_keras.data import DATASETS, canonical_name
 
 PRUNING_SCOPES = ("layerwise", "global")
+MAX_LEARNING_RATE = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +51,17 @@ class Experiment:
             raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
         for name in ("prune_fc", "prune_conv", "prune_output"):
             rate = getattr(self, name)
-            if not 0.0 < rate < 1.0:
-                raise ValueError(f"{name.replace('_', '-')} must lie strictly between 0 and 1, not {rate}")
+            if not 0.0 < rate < 1.0 or np.float32(rate) == 0:
+                raise ValueError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1 (and not round to 0 "
+                                 f"in float32), not {rate}")
         for name in ("batch_size", "iterations", "eval_every", "rounds"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning rate must be positive, not {self.learning_rate}")
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if not 0 < self.learning_rate <= MAX_LEARNING_RATE or np.float32(self.learning_rate) == 0:
+            raise ValueError(f"--lr must be positive, at most {MAX_LEARNING_RATE:g} (Adam diverges beyond) and not "
+                             f"round to 0 in float32, not {self.learning_rate}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"--seed must lie in 0 … 2**31 − 1, not {self.seed}")
         if self.init not in INITIALIZERS:
             raise ValueError(f"unknown init {self.init!r}; choose one of: {', '.join(INITIALIZERS)}")
         if self.pruning_scope not in PRUNING_SCOPES:

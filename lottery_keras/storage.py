@@ -29,9 +29,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def _finite_or_null(value):
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Valid JSON always: NaN and infinities are written as null."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_finite_or_null(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict:

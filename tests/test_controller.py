@@ -1,5 +1,6 @@
 """The IMP controller on tiny real MNIST runs: files, rewinding, controls, saved tickets, resume, CLI."""
 
+import json
 import os
 import shutil
 import signal
@@ -161,6 +162,20 @@ def test_a_clone_of_a_published_run_trains_again_what_it_lacks_the_tickets_of(fi
                                   published.drop(columns="train_seconds"))
 
 
+def test_a_results_table_left_short_by_a_kill_is_repaired_on_resume(finished_trial, tmp_path):
+    """A kill between a unit's metrics.json and the table's rewrite leaves the table a round short."""
+    run_dir, _ = finished_trial
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    table = copy / "trial_0" / "random_rewind" / "results.csv"
+    full = pd.read_csv(table)
+    full.iloc[:-1].to_csv(table, index=False)
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("metrics.json")}
+    imp.run_experiment(tiny_experiment(), tmp_path, options=imp.RunOptions(strategies=["all"], verbose=False))
+    pd.testing.assert_frame_equal(pd.read_csv(table), full)
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("metrics.json")} == before  # nothing retrained
+
+
 def test_more_rounds_extend_the_same_run_directory():
     assert tiny_experiment(rounds=5).run_name == tiny_experiment().run_name
     assert tiny_experiment(iterations=61).run_name != tiny_experiment().run_name
@@ -202,13 +217,23 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
     (["--dataset", "mnist", "--arch", "lenet5", "--prune-rate", "1.5"], "strictly between 0 and 1"),
     (["--dataset", "mnist", "--arch", "lenet5", "--prune-fc", "0"], "strictly between 0 and 1"),
     (["--dataset", "mnist", "--arch", "lenet5", "--rounds", "0"], "must be at least 1"),
-    (["--dataset", "mnist", "--arch", "lenet5", "--lr", "-1"], "must be positive"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr", "-1"], "argument --lr: -1 must be positive"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr", "inf"], "--lr must be positive, at most 1"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr", "nan"], "argument --lr: nan must be positive"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr", "1000"], "at most 1 (Adam diverges beyond)"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr", "1e-320"], "round to 0 in float32"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--prune-rate", "1e-300"], "round to 0 in float32"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--seed", "-1"], "--seed must lie in 0"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--seed", str(2**40)], "--seed must lie in 0"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
-    assert exit_info.value.code != 0
-    assert message in capsys.readouterr().err
+    try:
+        code = cli.main(args)
+    except SystemExit as exit_info:  # refused by the parser
+        code = exit_info.code
+    assert code != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_unwritable_output_dir_is_a_one_line_error(tmp_path, capsys):
@@ -258,3 +283,24 @@ def test_dry_run_prints_the_configuration_and_run_directory(tmp_path, capsys):
     assert str(tmp_path / experiment.run_name) in out
     assert "prune_output: 0.1" in out and "learning_rate: 0.0012" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_a_diverged_round_is_flagged_everywhere_and_never_averaged(tmp_path, capsys):
+    experiment = tiny_experiment(learning_rate=1.0, eval_every=20)
+    options = imp.RunOptions(strategies=["magnitude_rewind", "magnitude_random"], check_tfmot=False, verbose=False)
+    folder = imp.run_experiment(experiment, tmp_path, options=options)
+    err = capsys.readouterr().err
+    assert "round 0: training diverged" in err and "its later rounds are skipped" in err
+    metrics_text = folder.unit(0, "magnitude_rewind", 0).metrics.read_text()
+    assert "NaN" not in metrics_text and json.loads(metrics_text)["diverged"] is True
+    assert not folder.unit(0, "magnitude_rewind", 1).directory.exists()  # no masks from blown-up weights
+    assert pd.read_csv(folder.results_csv(0, "magnitude_rewind"))["diverged"].tolist() == [True]
+
+    from lottery_keras.analysis import report
+    report_dir = report.write_report([folder.directory])
+    rounds = pd.read_csv(report_dir / "rounds.csv")
+    assert rounds["diverged"].tolist() == [1, 1] and rounds["trials"].tolist() == [0, 0]
+    assert rounds["test_acc_mean"].isna().all()
+    assert pd.read_csv(report_dir / "summary.csv")["dense_test_acc"].isna().all()
+    assert "**Diverged**" in (report_dir / "report.md").read_text()
+    assert imp.summary_table(folder)["diverged"].tolist() == [1, 1]

@@ -36,7 +36,7 @@ from lottery_keras.storage import atomic_path, write_csv
 
 TICKET_TOLERANCE = 2.0  # accuracy points below dense that still count as "matching" the dense network
 CURVE_TARGETS = (100.0, 50.0, 20.0, 5.0)  # remaining % of the learning curves shown, plus the sparsest
-METRICS = [column for column in RESULT_COLUMNS if column not in ("round", "remaining")]
+METRICS = [column for column in RESULT_COLUMNS if column not in ("round", "remaining", "diverged")]
 FIGURES = {
     "test_accuracy": "Test accuracy at early stop vs weights remaining",
     "early_stop_iteration": "Early-stop iteration vs weights remaining",
@@ -82,7 +82,7 @@ def run_label(folder: RunFolder) -> str:
 def load_run(folder: RunFolder, label: str | None = None) -> pd.DataFrame:
     """Every finished round of a run (`RunFolder.results`) with a leading `run` column."""
     frame = folder.results()
-    frame = frame.astype({column: float for column in ["remaining", *METRICS]})
+    frame = frame.astype({column: float for column in ["remaining", *METRICS]} | {"diverged": bool})
     frame.insert(0, "run", label or run_label(folder))
     return frame
 
@@ -106,12 +106,16 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
 
 
 def aggregate_rounds(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (run, strategy, round): remaining %, the number of trials, and `<metric>_mean/_min/_max`."""
-    grouped = frame.groupby(["run", "strategy", "round"])
-    table = grouped[METRICS].agg(["mean", "min", "max"])
+    """Per (run, strategy, round): remaining %, the number of trials that gave results and of those that
+    diverged, and `<metric>_mean/_min/_max` over the former (a diverged round is not a result)."""
+    keys = ["run", "strategy", "round"]
+    grouped = frame.groupby(keys)
+    table = frame[~frame["diverged"]].groupby(keys)[METRICS].agg(["mean", "min", "max"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table = table.reindex(grouped.size().index)
     table.insert(0, "remaining", grouped["remaining"].mean())
-    table.insert(1, "trials", grouped.size())
+    table.insert(1, "trials", grouped["diverged"].apply(lambda diverged: int((~diverged).sum())))
+    table.insert(2, "diverged", grouped["diverged"].sum().astype(int))
     return table.reset_index()
 
 
@@ -146,7 +150,7 @@ def run_summary(rounds: pd.DataFrame, run: str) -> dict:
     """One row of the study summary (see `study_summary`)."""
     ticket = strategy_rounds(rounds, run, TICKET)
     dense = ticket.at[0, "test_acc_mean"] if 0 in ticket.index else math.nan
-    peak = ticket["test_acc_mean"].idxmax() if not ticket.empty else None
+    peak = ticket["test_acc_mean"].idxmax() if ticket["test_acc_mean"].notna().any() else None
     reinit_at, rewind_acc, reinit_acc = compare_sparsest(ticket, strategy_rounds(rounds, run, REINIT))
     random_at, magnitude_acc, random_acc = compare_sparsest(ticket, strategy_rounds(rounds, run, RANDOM_PRUNING))
     return {
@@ -243,6 +247,17 @@ def report_title(runs: list[Run]) -> str:
     return "# Lottery-ticket report: " + ", ".join(run.label for run in runs)
 
 
+def diverged_note(rounds: pd.DataFrame) -> list[str]:
+    """A paragraph naming the rounds whose training diverged, if any."""
+    flagged = rounds[rounds["diverged"] > 0]
+    if flagged.empty:
+        return []
+    items = "; ".join(f"{row.run} `{row.strategy}` round {row.round} ({row.diverged} trial(s))"
+                      for row in flagged.itertuples())
+    return [f"**Diverged** (the validation loss blew up; excluded from every number and figure, and later rounds of "
+            f"a chain that prunes its weights were not run): {items}."]
+
+
 def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame) -> str:
     parts = [report_title(runs)]
     if any(run.experiment.dataset == "cifar10" for run in runs):
@@ -253,7 +268,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         "Round 0 is the dense network (100% of weights remaining). Strategies: "
         + "; ".join(f"`{name}` = {label_of(name)}" for name in strategies.ordered(rounds["strategy"])) + ".",
         "## Protocol", markdown_table(protocol_table(runs)),
-        "## Trials and rounds done", markdown_table(trials_table(runs)),
+        "## Trials and rounds done", markdown_table(trials_table(runs)), *diverged_note(rounds),
         "## Study summary",
         f"*Winning-ticket range*: the sparsest remaining % such that every round of the winning ticket from dense "
         f"down to it has mean test accuracy ≥ dense − {TICKET_TOLERANCE:g} points. *Rewind vs reinit* and "

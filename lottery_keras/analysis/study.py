@@ -100,6 +100,8 @@ class StudyRun:
 
 
 def study_run(run: Run, reference: pd.DataFrame) -> StudyRun:
+    """The run as the study reads it: diverged rounds (not results) left out, its metric and ES667's values."""
+    run = dataclasses.replace(run, results=run.results[~run.results["diverged"]])
     preset = preset_of(run.experiment)
     metric = "final_test_acc" if preset == "es667" else "test_acc"
     mine = reference[(reference["dataset"] == run.experiment.dataset) & (reference["arch"] == run.experiment.arch)]
@@ -469,7 +471,8 @@ def write_study(run_dirs: list[Path], output_dir: Path | None = None) -> Path:
     if not run_dirs:
         raise ValueError("no run directory given")
     reference = es667_reference()
-    study = [study_run(run, reference) for run in report.load_runs(run_dirs) if not run.results.empty]
+    study = [entry for entry in (study_run(run, reference) for run in report.load_runs(run_dirs))
+             if not entry.results.empty]
     if not study:
         raise ValueError(f"no finished round in {', '.join(map(str, run_dirs))}; nothing to report yet")
     output_dir = Path(output_dir) if output_dir is not None else default_study_dir(run_dirs)

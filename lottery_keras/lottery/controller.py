@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from typing import Sequence
 
@@ -29,6 +30,10 @@ from lottery_keras.storage import atomic_path, read_npz, write_csv, write_json, 
 from lottery_keras.train import plan as execution
 from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar
 from lottery_keras.train.loop import Trainer, compile_model
+
+
+class ChainStopped(Exception):
+    """A unit cannot run because a unit it needs diverged; the message says which."""
 
 
 def derived_seed(*parts: int | str) -> int:
@@ -102,9 +107,20 @@ class TrialRun:
     # ------------------------------------------------------------------------------------------ schedule
 
     def run(self, names: Sequence[str]) -> None:
+        for name in self.folder.strategies(self.trial):
+            if self.folder.results_are_stale(self.trial, name):
+                self.folder.refresh_results(self.trial, name)
+        stopped: set[str] = set()
         for round_index in range(self.exp.rounds):
             for name in names:
-                self.ensure_round(name, round_index)
+                if name in stopped:
+                    continue
+                try:
+                    self.ensure_round(name, round_index)
+                except ChainStopped as stop:
+                    stopped.add(name)
+                    print(f"warning: trial {self.trial} · {name}: {stop}; its later rounds are skipped",
+                          file=sys.stderr, flush=True)
 
     def ensure_round(self, name: str, round_index: int) -> Unit:
         """Run one (strategy, round) unit, and first the units it depends on, unless it is finished with its
@@ -115,6 +131,10 @@ class TrialRun:
         strategy = STRATEGIES[name]
         needed = {dependency: self.ensure_round(*dependency)
                   for dependency in strategy.dependencies(round_index, self.exp.pruning_scope)}
+        previous = needed.get((name, round_index - 1))
+        if strategy.masks == "magnitude" and previous is not None and previous.read_metrics().get("diverged"):
+            raise ChainStopped(f"{name} round {round_index - 1} diverged, so its trained weights give no magnitude "
+                               "masks (a lower --lr may help)")
         if round_index == 0 and strategy.dense_round_from:  # the same computation: copy it
             self._copy_unit(needed[strategy.dense_round_from, 0], unit)
         else:
@@ -215,6 +235,10 @@ class TrialRun:
         write_npz(unit.masks, masks)
         write_csv(unit.history, recorder.history_frame())
         result = recorder.result
+        if result["diverged"]:
+            print(f"warning: trial {self.trial} · {strategy.name} · round {unit.round}: training diverged (validation "
+                  f"loss {recorder.history[-1]['val_loss']:.3g} at iteration {recorder.history[-1]['iteration']}); "
+                  "flagged in its results and left out of every mean", file=sys.stderr, flush=True)
         write_json(unit.metrics, {
             "round": unit.round, "remaining": round(remaining, 4), **result,
             "generalization_gap": result["train_acc"] - result["test_acc"], "train_seconds": round(seconds, 3),
@@ -236,7 +260,14 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
 
 
 def summary_table(folder: RunFolder) -> pd.DataFrame:
-    """Mean over trials per (strategy, round): remaining %, early-stop iteration, val and test accuracy."""
+    """Mean over trials per (strategy, round): remaining %, early-stop iteration, val and test accuracy; rounds
+    that diverged are counted, not averaged."""
     table = folder.results()
     columns = ["remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc"]
-    return table.groupby(["strategy", "round"])[columns].mean().round(2)
+    keys = ["strategy", "round"]
+    summary = table[~table["diverged"]].groupby(keys)[columns].mean().round(2)
+    summary = summary.reindex(table.groupby(keys).size().index)
+    summary["remaining"] = table.groupby(keys)["remaining"].mean().round(2)
+    if table["diverged"].any():
+        summary["diverged"] = table.groupby(keys)["diverged"].sum().astype(int)
+    return summary

@@ -39,7 +39,7 @@ METRICS = "metrics.json"
 REPORT = "report"
 
 RESULT_COLUMNS = ["round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc", "train_acc",
-                  "generalization_gap", "ece", "val_loss", "train_seconds"]
+                  "generalization_gap", "ece", "val_loss", "train_seconds", "diverged"]
 
 
 class RunFolderError(ValueError):
@@ -216,7 +216,16 @@ class RunFolder:
                 if not self.unit(trial, strategy, int(row["round"])).directory.exists():
                     rows.setdefault(int(row["round"]), row)
         table = pd.DataFrame(list(rows.values()), columns=RESULT_COLUMNS)
+        table["diverged"] = table["diverged"].eq(True)  # False in tables from before the flag existed
         return table.sort_values("round", ignore_index=True).astype({"round": int})
+
+    def results_are_stale(self, trial: int, strategy: str) -> bool:
+        """Whether results.csv lacks a finished unit (a kill between a unit's metrics and the table's rewrite)."""
+        recorded = self.results_csv(trial, strategy)
+        finished = {unit.round for unit in self.finished_units(trial, strategy)}
+        if not recorded.is_file():
+            return bool(finished)
+        return not finished <= set(pd.read_csv(recorded)["round"])
 
     def refresh_results(self, trial: int, strategy: str) -> None:
         """Rewrite the strategy's results.csv from what `strategy_results` finds."""

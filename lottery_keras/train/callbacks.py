@@ -6,11 +6,16 @@ Both read the step count from `model.optimizer.iterations`, so they work the sam
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pandas as pd
 
 from lottery_keras.train.evaluation import SplitEvaluator, accuracy, expected_calibration_error, softmax
+
+
+DIVERGED_LOSS = 100.0  # validation cross-entropy far beyond chance (ln 10 ≈ 2.3): the weights have blown up
 
 
 class EarlyStopRecorder(keras.callbacks.Callback):
@@ -19,8 +24,10 @@ class EarlyStopRecorder(keras.callbacks.Callback):
 
     At the end of training `result` holds: `es_iteration`, `val_loss`, `val_acc`, `test_acc` (of the kept
     weights), `final_test_acc`, `train_acc` (kept weights, training split), `ece` (kept weights, test split),
-    all accuracies in percent; `history` holds one row per evaluation, for learning curves. The test split is
-    evaluated at every evaluation when `test_every_eval` (curves), else only for the kept and final weights.
+    all accuracies in percent, and `diverged`; `history` holds one row per evaluation, for learning curves. The
+    test split is evaluated at every evaluation when `test_every_eval` (curves), else only for the kept and final
+    weights. Training *diverged* when a validation loss is not finite or exceeds `DIVERGED_LOSS`: it is stopped
+    there, and its numbers (NaN where no evaluation was finite) are not results.
     """
 
     def __init__(self, validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
@@ -39,7 +46,7 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         self._evaluator: SplitEvaluator | None = None
 
     def on_train_begin(self, logs=None):
-        self.history, self.best_weights, self.result = [], None, {}
+        self.history, self.best_weights, self.result, self.diverged = [], None, {}, False
         self._evaluator = SplitEvaluator(self.model, self._splits, self.eval_batch_size)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -51,15 +58,24 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         row = {"iteration": iteration, **self._evaluator.metrics("val")}
         if self.test_every_eval:
             row.update(self._evaluator.metrics("test"))
-        if not self.history or row["val_loss"] < min(r["val_loss"] for r in self.history):
+        finite = [r["val_loss"] for r in self.history if math.isfinite(r["val_loss"])]
+        if math.isfinite(row["val_loss"]) and (not finite or row["val_loss"] < min(finite)):
             self.best_weights = self.model.get_weights()
         self.history.append(row)
+        if not row["val_loss"] <= DIVERGED_LOSS:  # NaN too
+            self.diverged = True
+            self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         if not self.history:
             raise RuntimeError("training ended before the first evaluation; nothing was recorded")
-        best = min(self.history, key=lambda r: r["val_loss"])
         final_test = self.history[-1] if self.test_every_eval else self._evaluator.metrics("test")
+        if self.best_weights is None:  # no finite evaluation: nothing to keep
+            self.result = {"es_iteration": math.nan, "val_loss": math.nan, "val_acc": math.nan,
+                           "test_acc": math.nan, "final_test_acc": final_test["test_acc"], "train_acc": math.nan,
+                           "ece": math.nan, "diverged": True}
+            return
+        best = min((r for r in self.history if math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
         final_weights = self.model.get_weights()
         self.model.set_weights(self.best_weights)
         try:
@@ -72,6 +88,7 @@ class EarlyStopRecorder(keras.callbacks.Callback):
             "es_iteration": best["iteration"], "val_loss": best["val_loss"], "val_acc": best["val_acc"],
             "test_acc": accuracy(test_logits, test_labels), "final_test_acc": final_test["test_acc"],
             "train_acc": train_acc, "ece": expected_calibration_error(softmax(test_logits), test_labels),
+            "diverged": self.diverged,
         }
 
     def history_frame(self) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import keras
 import numpy as np
@@ -112,9 +112,10 @@ class CompiledLoop:
             step += 1
 
 
-def chunk_ends(iterations: int, eval_every: int) -> list[int]:
+def chunk_ends(iterations: int, eval_every: int) -> Iterator[int]:
     """Step counts at which the loop returns to the host: every evaluation point, and the end."""
-    return sorted({*range(eval_every, iterations, eval_every), iterations})
+    yield from range(eval_every, iterations, eval_every)
+    yield iterations
 
 
 def plan_for(model: MaskedModel) -> execution.ExecutionPlan:
@@ -156,12 +157,15 @@ class Trainer:
             _train_with_fit(self.model, self.x_train, self.y_train, iterations, self.batch_size, seed, callbacks)
             return
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=self.model)
+        self.model.stop_training = False
         callback_list.on_train_begin()
         done = 0
         for end in chunk_ends(iterations, eval_every):
             self._compiled.run(seed, done, end - done)
             done = end
             callback_list.on_train_batch_end(done - 1, {})
+            if self.model.stop_training:
+                break
         callback_list.on_train_end()
 
 
