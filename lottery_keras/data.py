@@ -1,10 +1,10 @@
 """Datasets: MNIST, Fashion-MNIST and CIFAR-10 as normalised in-memory train / validation / test splits.
 
-Sources, in order: an explicit data folder (`--data-dir` or `$LOTTERY_KERAS_DATA_DIR`), well-known local
-folders (`./data`, `shared/datasets` beside a source checkout, Debian's `dataset-fashion-mnist`), then
-`tensorflow_datasets` for machines with internet. Files are read
-in their standard formats (IDX, CIFAR-10 binary batches) and validated; a bad file is an error that names it,
-never a silent fallback.
+Sources: an explicit `--data-dir` is the only place looked in. Without one: `$LOTTERY_KERAS_DATA_DIR`,
+well-known local folders (`./data`, `shared/datasets` beside a source checkout, Debian's
+`dataset-fashion-mnist`), then `tensorflow_datasets` when the download server answers. Files are read in their
+standard formats (IDX, CIFAR-10 binary batches) and validated; a bad file is an error that names it, never a
+silent fallback. `Splits.source` says where the data came from.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import socket
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ DATA_DIR_ENV = "LOTTERY_KERAS_DATA_DIR"
 # Well-known local roots after the explicit ones: ./data, and the `shared/datasets` folder that sits beside a
 # source checkout on the project's offline machines.
 WELL_KNOWN_ROOTS = (Path("data"), Path(__file__).resolve().parents[2] / "shared" / "datasets")
+TFDS_SERVER = ("storage.googleapis.com", 443)
 VALIDATION_SEED = 42  # the held-out validation set is the same for every experiment and trial
 
 
@@ -104,7 +107,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err} (the file is truncated or corrupt; fetch it again)") from err
 
 
@@ -204,15 +207,17 @@ def _read_cifar_tarball(path: Path) -> dict[str, tuple[bytes, str]]:
                 raise DataError(f"{path} lacks {', '.join(missing)}; it is not the official cifar-10-binary.tar.gz")
             return {name: (tar.extractfile(members[name]).read(), f"{path}:{name}")
                     for name in (*_CIFAR_TRAIN, _CIFAR_TEST)}
-    except (OSError, EOFError, tarfile.TarError) as err:
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as err:
         raise DataError(f"cannot read {path}: {err} (truncated or corrupt archive; fetch it again)") from err
 
 
 # ------------------------------------------------------------------------------------------------- sources
 
 def candidate_folders(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> list[Path]:
-    """Where to look for a dataset's files, in order of preference."""
-    roots = [Path(p) for p in (data_dir, os.environ.get(DATA_DIR_ENV)) if p] + list(WELL_KNOWN_ROOTS)
+    """Where to look for a dataset's files, in order of preference: an explicit `data_dir` alone, if given."""
+    if data_dir is not None:
+        return [Path(data_dir) / name for name in spec.folder_names] + [Path(data_dir)]
+    roots = [Path(p) for p in (os.environ.get(DATA_DIR_ENV),) if p] + list(WELL_KNOWN_ROOTS)
     folders = [root / name for root in roots for name in spec.folder_names]
     return folders + [Path(p) for p in spec.system_folders]
 
@@ -230,6 +235,8 @@ def _load_tfds(spec: DatasetSpec, looked_in: list[Path]) -> dict[str, tuple[np.n
     hint = (f"{spec.name} was not found in {places} and could not be downloaded with tensorflow_datasets. "
             f"To fix: {spec.how_to_get.replace('DATA_DIR', '<folder>')}, then pass --data-dir <folder> "
             f"or set {DATA_DIR_ENV}=<folder>.")
+    if not _download_server_answers():
+        raise DataError(f"{hint} (offline: tensorflow_datasets' download server does not answer)")
     try:
         import tensorflow_datasets as tfds
 
@@ -237,6 +244,15 @@ def _load_tfds(spec: DatasetSpec, looked_in: list[Path]) -> dict[str, tuple[np.n
     except Exception as err:  # no internet, no tfds, a broken cache: all mean "no data here"
         raise DataError(f"{hint} (tfds said: {type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
     return {split: (np.asarray(x), np.asarray(y)) for split, (x, y) in zip(("train", "test"), arrays)}
+
+
+def _download_server_answers(timeout: float = 3.0) -> bool:
+    """Whether tensorflow_datasets could download at all: without this, an offline machine waits minutes."""
+    try:
+        socket.create_connection(TFDS_SERVER, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _validate(spec: DatasetSpec, raw: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
@@ -271,6 +287,11 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Splits:
     found = next((folder for folder in folders if _has_local(spec, folder)), None)
     if found is not None:
         raw, source = _load_local(spec, found), str(found)
+    elif data_dir is not None:
+        raise DataError(f"--data-dir {data_dir} holds no {spec.name} (looked in "
+                        f"{', '.join(str(folder) for folder in folders)}); "
+                        f"{spec.how_to_get.replace('DATA_DIR', str(data_dir))}, or leave --data-dir out to use the "
+                        "usual places")
     else:
         raw, source = _load_tfds(spec, folders), "tensorflow_datasets"
     _validate(spec, raw, source)

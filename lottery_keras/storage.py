@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -45,8 +47,15 @@ def write_json(path: str | os.PathLike, payload: dict) -> None:
         tmp.write_text(json.dumps(_finite_or_null(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+class DamagedFileError(ValueError):
+    """A file this package wrote cannot be read back (truncated, corrupt, or not ours); the message names it."""
+
+
 def read_json(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFileError(f"{path} is damaged: not valid JSON ({err})") from None
 
 
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
@@ -60,5 +69,11 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    with np.load(path) as archive:
-        return {key: archive[key] for key in archive.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError) as err:
+        raise DamagedFileError(f"{path} is damaged: not a whole .npz archive ({type(err).__name__}: {err})") \
+            from None

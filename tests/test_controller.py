@@ -304,3 +304,43 @@ def test_a_diverged_round_is_flagged_everywhere_and_never_averaged(tmp_path, cap
     assert pd.read_csv(report_dir / "summary.csv")["dense_test_acc"].isna().all()
     assert "**Diverged**" in (report_dir / "report.md").read_text()
     assert imp.summary_table(folder)["diverged"].tolist() == [1, 1]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def plain_keras_model(path: Path) -> None:
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.save(path)
+
+
+RUN_ARGS = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "all", "--rounds", "3", "--iterations",
+            "60", "--eval-every", "30", "--train-subset", "600", "--no-tfmot-check", "--quiet"]
+
+
+@pytest.mark.parametrize("damage, file, command, expected", [
+    (truncate, "trial_0/magnitude_rewind/round_01/masks.npz", "run", "delete"),
+    (plain_keras_model, "trial_0/magnitude_rewind/round_01/ticket_trained.keras", "run", "not a lottery_keras ticket"),
+    (truncate, "trial_0/magnitude_rewind/round_01/ticket_trained.keras", "run", "delete"),
+    (truncate, "trial_0/theta0.npz", "run", "recreated from the seed"),
+    (truncate, "trial_0/random_rewind/round_00/metrics.json", "report", "not valid JSON"),
+    (truncate, "config.json", "report", "not valid JSON"),
+    (lambda path: path.write_text('{"experiment": {"dataset": "mnist"}, "hash": "x"}'), "config.json", "report",
+     "does not describe a valid experiment"),
+])
+def test_a_damaged_run_folder_is_one_line_naming_the_file(finished_trial, tmp_path, capsys, damage, file, command,
+                                                         expected):
+    run_dir, _ = finished_trial
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    for metrics in copy.glob("trial_0/*/round_02/metrics.json"):
+        metrics.unlink()  # round 2 must run again, from round 1's files
+    if file == "trial_0/theta0.npz":
+        shutil.rmtree(copy / "trial_0" / "magnitude_rewind" / "round_02")  # a rewinding round reads θ0 first
+    damage(copy / file)
+    args = [*RUN_ARGS, "--output-dir", str(tmp_path)] if command == "run" else ["report", str(copy)]
+    code = cli.main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and str(copy / file) in err and expected in err

@@ -6,6 +6,7 @@ import gzip
 import io
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -301,30 +302,53 @@ def no_local_copies(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
-def test_missing_dataset_explains_how_to_fix(tmp_path, no_local_copies, no_tfds_download, name):
+def test_an_explicit_data_dir_is_authoritative(tmp_path, no_local_copies, no_tfds_download, name, monkeypatch,
+                                               mnist_dir):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(mnist_dir.parent))  # real data elsewhere must not be used instead
     (tmp_path / name).mkdir()  # an empty dataset folder
     with pytest.raises(data.DataError) as info:
         data.load(name, data_dir=tmp_path)
     message = str(info.value)
-    assert "LOTTERY_KERAS_DATA_DIR" in message
-    assert str(tmp_path / name) in message  # where it looked
-    assert "_NoInternet" in message and "second line" not in message
-    assert no_tfds_download == [name]
+    assert message.startswith(f"--data-dir {tmp_path} holds no {name}")
+    assert str(tmp_path / name) in message and "leave --data-dir out" in message
+    assert no_tfds_download == []
 
 
-def test_missing_dataset_with_env_pointing_nowhere(tmp_path, monkeypatch, no_local_copies, no_tfds_download):
+def test_without_local_data_tfds_is_the_fallback_when_online(tmp_path, monkeypatch, no_local_copies,
+                                                             no_tfds_download):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "nowhere"))
-    with pytest.raises(data.DataError, match="LOTTERY_KERAS_DATA_DIR"):
+    monkeypatch.setattr(data, "_download_server_answers", lambda: True)
+    with pytest.raises(data.DataError, match="LOTTERY_KERAS_DATA_DIR") as info:
         data.load("mnist")
+    assert str(tmp_path / "nowhere" / "mnist") in str(info.value) and "_NoInternet" in str(info.value)
     assert no_tfds_download == ["mnist"]
+
+
+def test_offline_without_local_data_fails_at_once(tmp_path, monkeypatch, no_local_copies, no_tfds_download):
+    monkeypatch.setattr(data, "TFDS_SERVER", ("127.0.0.1", 9))  # nothing listens on the discard port
+    started = time.perf_counter()
+    with pytest.raises(data.DataError, match="offline: tensorflow_datasets' download server does not answer"):
+        data.load("mnist")
+    assert time.perf_counter() - started < 5 and no_tfds_download == []
 
 
 def test_candidate_folders_order(tmp_path, monkeypatch):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "env"))
-    folders = data.candidate_folders(data.DATASETS["fashion_mnist"], tmp_path / "explicit")
-    assert folders[0] == tmp_path / "explicit" / "fashion_mnist"
-    assert folders.index(tmp_path / "env" / "fashion_mnist") > folders.index(tmp_path / "explicit" / "fashion-mnist")
+    explicit = data.candidate_folders(data.DATASETS["fashion_mnist"], tmp_path / "explicit")
+    assert explicit == [tmp_path / "explicit" / "fashion_mnist", tmp_path / "explicit" / "fashion-mnist",
+                        tmp_path / "explicit"]
+    folders = data.candidate_folders(data.DATASETS["fashion_mnist"], None)
+    assert folders[0] == tmp_path / "env" / "fashion_mnist"
     assert folders[-1] == Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_a_gzip_with_a_corrupt_body_names_the_file(mnist_copy):
+    images = mnist_copy / "train-images-idx3-ubyte.gz"
+    raw = bytearray(images.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)  # the header survives, the deflate stream does not
+    images.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError, match=f"cannot read {images}.*truncated or corrupt"):
+        data.load("mnist", data_dir=mnist_copy.parent)
 
 
 # ---------------------------------------------------------------------------------------------------- CIFAR-10

@@ -26,7 +26,8 @@ from lottery_keras.lottery import pruning, strategies
 from lottery_keras.lottery.paths import RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
 from lottery_keras.nn.models import MaskedModel, build_model
-from lottery_keras.storage import atomic_path, read_npz, write_csv, write_json, write_npz
+from lottery_keras.nn.saving import TicketError, load_ticket
+from lottery_keras.storage import DamagedFileError, atomic_path, read_npz, write_csv, write_json, write_npz
 from lottery_keras.train import plan as execution
 from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar
 from lottery_keras.train.loop import Trainer, compile_model
@@ -157,16 +158,19 @@ class TrialRun:
         if round_index == 0:
             return {layer.name: np.ones(layer.mask.shape, np.float32) for layer in self.model.masked_layers()}
         if strategy.masks == "borrowed":
-            return read_npz(needed[strategy.masks_from, round_index].masks)
+            return needed[strategy.masks_from, round_index].read_masks()
         previous = needed[strategy.name, round_index - 1]
-        old_masks = read_npz(previous.masks)
+        old_masks = previous.read_masks()
         if strategy.masks == "magnitude":
             return self._magnitude_masks(previous, old_masks, round_index)
         reference = needed.get((strategy.counts_from, round_index))
         return self._random_masks(old_masks, round_index, reference)
 
     def _magnitude_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
-        trained = keras.models.load_model(previous.ticket_trained)
+        try:
+            trained = load_ticket(previous.ticket_trained)
+        except TicketError as err:
+            raise DamagedFileError(f"{err}; {previous.redo_hint()}") from None
         kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in trained.masked_layers()}
         if self.exp.pruning_scope == "global":
             return pruning.global_magnitude_prune(kernels, old_masks, self.exp.prune_fc, round_index)
@@ -177,7 +181,7 @@ class TrialRun:
 
     def _random_masks(self, old_masks: pruning.Masks, round_index: int, reference: Unit | None) -> pruning.Masks:
         if self.exp.pruning_scope == "global":  # match the reference's per-layer counts at this level
-            counts = {name: int(mask.sum()) for name, mask in read_npz(reference.masks).items()}
+            counts = {name: int(mask.sum()) for name, mask in reference.read_masks().items()}
         else:
             counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
         rng = np.random.default_rng(derived_seed(self.seed, round_index, "random_masks"))
@@ -197,7 +201,11 @@ class TrialRun:
     def _load_or_save_theta0(self) -> dict[str, np.ndarray]:
         path = self.folder.theta0(self.trial)
         if path.exists():
-            return read_npz(path)
+            try:
+                return read_npz(path)
+            except DamagedFileError as err:
+                raise DamagedFileError(f"{err}; delete it and run the same command again: θ0 is recreated from "
+                                       "the seed") from None
         theta0 = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights}
         write_npz(path, theta0)
         return theta0
@@ -254,6 +262,9 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
         raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
     folder = prepare_run_folder(experiment, output_dir)
     splits = load_splits(experiment, data_dir)
+    folder.write_config(experiment, data_source=splits.source)
+    if options.verbose:
+        print(f"data: {experiment.dataset} from {splits.source}")
     for trial in options.trials:
         TrialRun(experiment, splits, folder, trial, options).run(names)
     return folder

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from lottery_keras.config import Experiment
-from lottery_keras.storage import read_json, write_csv, write_json
+from lottery_keras.storage import DamagedFileError, read_json, read_npz, write_csv, write_json
 
 CONFIG = "config.json"
 THETA0 = "theta0.npz"
@@ -96,8 +96,23 @@ class Unit:
         """Finished, with the masks and trained ticket that later rounds start from."""
         return self.is_finished() and self.masks.is_file() and self.ticket_trained.is_file()
 
+    def redo_hint(self) -> str:
+        return f"delete {self.directory} and run the same command again to redo that round"
+
     def read_metrics(self) -> dict:
-        return read_json(self.metrics)
+        try:
+            metrics = read_json(self.metrics)
+        except DamagedFileError as err:
+            raise DamagedFileError(f"{err}; {self.redo_hint()}") from None
+        if not isinstance(metrics, dict) or "round" not in metrics:
+            raise DamagedFileError(f"{self.metrics} is not a round's metrics; {self.redo_hint()}")
+        return metrics
+
+    def read_masks(self) -> dict:
+        try:
+            return read_npz(self.masks)
+        except DamagedFileError as err:
+            raise DamagedFileError(f"{err}; {self.redo_hint()}") from None
 
     def read_history(self) -> pd.DataFrame:
         return pd.read_csv(self.history)
@@ -135,18 +150,35 @@ class RunFolder:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
-    def write_config(self, experiment: Experiment) -> None:
-        """Record the configuration (once: a run's config.json never changes)."""
-        if not self.exists():
-            write_json(self.config_path, {"experiment": experiment.to_dict(), "hash": experiment.hash})
+    def write_config(self, experiment: Experiment, data_source: str | None = None) -> None:
+        """Record the configuration: `rounds` (not in the hash) grows when a run is extended, and the data source
+        a command used is kept; everything else is fixed by the hash."""
+        recorded = self.read_config() if self.exists() else {}
+        planned = max(experiment.rounds, recorded.get("experiment", {}).get("rounds", 0))
+        config = {"experiment": {**experiment.to_dict(), "rounds": planned}, "hash": experiment.hash}
+        source = data_source or recorded.get("data_source")
+        if source:
+            config["data_source"] = source
+        if config != recorded:
+            write_json(self.config_path, config)
 
     def read_config(self) -> dict:
         if not self.exists():
             raise RunFolderError(f"{self.directory} is not a run folder (no {CONFIG})")
-        return read_json(self.config_path)
+        config = read_json(self.config_path)
+        if not isinstance(config, dict) or not isinstance(config.get("experiment"), dict) or "hash" not in config:
+            raise RunFolderError(f"{self.config_path} is not a lottery_keras run configuration (it lacks "
+                                 "'experiment' or 'hash'); restore it from a copy, or delete the run folder")
+        return config
 
     def experiment(self) -> Experiment:
-        return Experiment(**self.read_config()["experiment"])
+        try:
+            return Experiment(**self.read_config()["experiment"])
+        except (TypeError, ValueError) as err:
+            if isinstance(err, RunFolderError):
+                raise
+            raise RunFolderError(f"{self.config_path} does not describe a valid experiment ({err}); restore it "
+                                 "from a copy, or delete the run folder") from None
 
     @property
     def hash(self) -> str:
