@@ -148,6 +148,7 @@ def test_a_rerun_skips_finished_rounds(finished_trial):
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("metrics.json")}
     imp.run_experiment(tiny_experiment(), run_dir.parent, options=imp.RunOptions(strategies=["all"], verbose=False))
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("metrics.json")} == before
+    assert Path(read_json(run_dir / "config.json")["data_source"]).name == "mnist"  # where the data came from
 
 
 def test_a_clone_of_a_published_run_trains_again_what_it_lacks_the_tickets_of(finished_trial, tmp_path):

@@ -3,6 +3,7 @@ units, and the published runs: found under their recorded hashes and reported fr
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -108,3 +109,23 @@ def test_the_published_study_rebuilds_identically_from_committed_files(tmp_path)
     rebuilt = study.write_study(runs, tmp_path / "rebuilt")
     for name in ("seeds.csv", "tickets.csv", "controls.csv", "paper_claims.csv", "study.md"):
         assert (rebuilt / name).read_text() == (outputs / "study" / name).read_text(), name
+
+
+def test_config_json_follows_extended_rounds_and_keeps_the_data_source(run):
+    experiment = run.experiment()
+    run.write_config(dataclasses.replace(experiment, rounds=20), data_source="/data/mnist")
+    run.write_config(dataclasses.replace(experiment, rounds=5))  # a shorter command does not shrink the plan
+    assert run.experiment().rounds == 20 and run.read_config()["data_source"] == "/data/mnist"
+    assert run.hash == experiment.hash
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "is not a lottery_keras run configuration"),
+    ('{"experiment": {"dataset": "mnist", "arch": "lenet5"}, "hash": "x"}', "does not describe a valid experiment"),
+    ('{"experiment": ', "not valid JSON"),
+])
+def test_a_damaged_config_names_the_file(run, content, message):
+    run.config_path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        run.experiment()
+    assert str(run.config_path) in str(info.value)
