@@ -74,6 +74,7 @@ def _trials(text: str) -> tuple[int, ...]:
 _rate = _checked(float, lambda v: 0.0 < v < 1.0, "is not a fraction strictly between 0 and 1 (e.g. 0.2 for 20%)")
 _positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
+_folder = _checked(str, lambda v: v.strip() != "", "must name a folder (an empty path would mean the current one)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,9 +117,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                           help="train on the first N training samples only (smoke runs)")
 
     how = parser.add_argument_group("execution")
-    how.add_argument("--data-dir", help="folder holding mnist/, fashion_mnist/, cifar10/ "
+    how.add_argument("--data-dir", type=_folder, help="folder holding mnist/, fashion_mnist/, cifar10/ "
                                         "(default: $LOTTERY_KERAS_DATA_DIR, system folders, then tfds)")
-    how.add_argument("--output-dir", default="outputs", help="where run directories go (default: outputs)")
+    how.add_argument("--output-dir", type=_folder, default="outputs",
+                     help="where run directories go (default: outputs)")
     how.add_argument("--no-tfmot-check", dest="check_tfmot", action="store_false",
                      help="skip cross-checking masks against tensorflow-model-optimization")
     how.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -138,7 +140,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished or partly finished run directories")
-    parser.add_argument("--output-dir", help="where report.md, figures and tables go "
+    parser.add_argument("--output-dir", type=_folder, help="where report.md, figures and tables go "
                                              "(default: RUN_DIR/report for one run, else beside the runs)")
 
 
@@ -150,10 +152,11 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default="magnitude_rewind", help="strategy of a run directory")
     parser.add_argument("--trial", type=int, default=0, help="trial of a run directory")
     parser.add_argument("--formats", default="float,sparse,int8", help="comma-separated: float, sparse, int8")
-    parser.add_argument("--output-dir", help="where the .tflite files and export.csv go (default: beside the "
+    parser.add_argument("--output-dir", type=_folder, help="where the .tflite files and export.csv go (default: "
+                                                            "beside the "
                                              "ticket)")
     parser.add_argument("--dataset", help="test data for a ticket outside a run directory (default: the run's)")
-    parser.add_argument("--data-dir", help="folder holding the datasets (as for `run`)")
+    parser.add_argument("--data-dir", type=_folder, help="folder holding the datasets (as for `run`)")
     parser.add_argument("--test-limit", type=_positive_int, metavar="N", help="evaluate on the first N test images")
 
 
@@ -177,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "ES667 study and the paper published: winning tickets, controls at "
                                             "matched levels before collapse, the paper's LeNet claims, figures.")
     study.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished or partly finished run directories")
-    study.add_argument("--output-dir", help="where study.md, figures and tables go (default: study/ beside the runs)")
+    study.add_argument("--output-dir", type=_folder,
+                       help="where study.md, figures and tables go (default: study/ beside the runs)")
     export = commands.add_parser("export", help="export a ticket to TFLite and check it on the edge runtime",
                                  description="Strip a ticket's masks, convert it to TFLite (float, sparse, int8), "
                                              "run each file with LiteRT on the test set and write export.csv.")
@@ -264,20 +268,24 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
-        argv.insert(0, "run")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from lottery_keras.data import DataError
-    from lottery_keras.lottery.pruning import PruningCrossCheckError
-
     try:
-        commands = {"run": command_run, "report": command_report, "study": command_study, "export": command_export}
-        return commands[args.command](args)
-    except (ValueError, DataError, OSError, PruningCrossCheckError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         print("\ninterrupted: finished rounds are saved; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    from lottery_keras.data import DataError
+    from lottery_keras.lottery.paths import RunInUseError
+    from lottery_keras.lottery.pruning import PruningCrossCheckError
+
+    commands = {"run": command_run, "report": command_report, "study": command_study, "export": command_export}
+    try:
+        return commands[args.command](args)
+    except (ValueError, DataError, OSError, PruningCrossCheckError, RunInUseError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -16,19 +17,40 @@ import numpy as np
 import pandas as pd
 
 
+TEMPORARY_PREFIX = ".tmp-"  # every temporary file and staging folder this package makes starts with it
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); move it into place only if the block succeeds."""
+    """Yield a temporary path beside `path` (same suffix); move it into place only if the block succeeds. The
+    file gets the permissions the umask gives new files; a failed write names `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.stem}.", suffix=path.suffix)
+        os.close(handle)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> None:
+    """Delete what killed writes left under `folder` (only while no other process can be writing there)."""
+    for leftover in Path(folder).rglob(f"{TEMPORARY_PREFIX}*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists():
+            leftover.unlink(missing_ok=True)
 
 
 def _finite_or_null(value):

@@ -345,3 +345,59 @@ def test_a_damaged_run_folder_is_one_line_naming_the_file(finished_trial, tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and str(copy / file) in err and expected in err
+
+
+def test_a_second_process_on_the_same_run_is_told_it_is_in_use(tmp_path, capsys):
+    folder = imp.prepare_run_folder(tiny_experiment(), tmp_path)
+    with folder.lock():
+        env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+        holder = subprocess.run([sys.executable, str(REPO / "run.py"), *RUN_ARGS, "--output-dir", str(tmp_path)],
+                                capture_output=True, text=True, timeout=300, env=env)
+    assert holder.returncode == 1 and holder.stderr.count("\n") == 1, holder.stderr
+    assert f"{folder.directory} is in use by process {os.getpid()}" in holder.stderr
+    with folder.lock():  # released: the next holder gets it
+        pass
+
+
+def test_leftovers_of_killed_writes_are_removed_and_files_follow_the_umask(finished_trial, tmp_path):
+    run_dir, _ = finished_trial
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    leftovers = [copy / "trial_0" / ".tmp-theta0.abc.npz", copy / "trial_0" / "magnitude_rewind" / ".tmp-round_01"]
+    leftovers[0].write_bytes(b"half")
+    leftovers[1].mkdir()
+    imp.run_experiment(tiny_experiment(), tmp_path, options=imp.RunOptions(strategies=["all"], verbose=False))
+    assert not any(path.exists() for path in leftovers)
+    mode = (copy / "config.json").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    from lottery_keras import storage
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'x.json'}: No space left on device"):
+        storage.write_json(tmp_path / "x.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_ctrl_c_at_any_moment_is_one_line(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["--dataset", "mnist", "--arch", "lenet5"]) == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted: finished rounds are saved")
+
+
+@pytest.mark.parametrize("args", [["--output-dir", ""], ["--data-dir", " "], ["report", "x", "--output-dir", ""]])
+def test_an_empty_folder_option_is_refused(args, capsys):
+    argv = args if args[0] == "report" else ["--dataset", "mnist", "--arch", "lenet5", *args]
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "must name a folder" in capsys.readouterr().err

@@ -469,6 +469,7 @@ def test_recorder_under_fit_evaluates_only_at_eval_points(mnist_small):
     assert [row["iteration"] for row in recorder.history] == [10, 20, 25]
     assert all("test_acc" not in row for row in recorder.history)  # test only for the kept and final weights
     assert set(recorder.result) == {"es_iteration", "val_loss", "val_acc", "test_acc", "final_test_acc",
-                                    "train_acc", "ece"}
+                                    "train_acc", "ece", "diverged"}
+    assert recorder.result["diverged"] is False
     assert recorder.result["final_test_acc"] == pytest.approx(
         accuracy_percent(model, mnist_small.x_test, mnist_small.y_test), abs=1e-9)

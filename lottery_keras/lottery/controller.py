@@ -27,7 +27,8 @@ from lottery_keras.lottery.paths import RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
 from lottery_keras.nn.models import MaskedModel, build_model
 from lottery_keras.nn.saving import TicketError, load_ticket
-from lottery_keras.storage import DamagedFileError, atomic_path, read_npz, write_csv, write_json, write_npz
+from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
+                                   write_csv, write_json, write_npz)
 from lottery_keras.train import plan as execution
 from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar
 from lottery_keras.train.loop import Trainer, compile_model
@@ -146,9 +147,15 @@ class TrialRun:
 
     @staticmethod
     def _copy_unit(source: Unit, unit: Unit) -> None:
-        staging = unit.directory.with_name(f".{unit.directory.name}.partial")
+        staging = unit.directory.with_name(f"{TEMPORARY_PREFIX}{unit.directory.name}")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source.directory, staging)
+        try:
+            shutil.copytree(source.directory, staging)
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(err, shutil.Error):  # its argument: a list of (source, destination, reason)
+                err = OSError(str(err.args[0][0][2]))
+            raise OSError(f"cannot copy {source.directory} to {unit.directory}: {err.strerror or err}") from None
         shutil.rmtree(unit.directory, ignore_errors=True)  # an unfinished attempt
         staging.replace(unit.directory)
 
@@ -261,12 +268,14 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
     if not options.trials or min(options.trials) < 0:
         raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
     folder = prepare_run_folder(experiment, output_dir)
-    splits = load_splits(experiment, data_dir)
-    folder.write_config(experiment, data_source=splits.source)
-    if options.verbose:
-        print(f"data: {experiment.dataset} from {splits.source}")
-    for trial in options.trials:
-        TrialRun(experiment, splits, folder, trial, options).run(names)
+    with folder.lock():
+        remove_temporaries(folder.directory)
+        splits = load_splits(experiment, data_dir)
+        folder.write_config(experiment, data_source=splits.source)
+        if options.verbose:
+            print(f"data: {experiment.dataset} from {splits.source}")
+        for trial in options.trials:
+            TrialRun(experiment, splits, folder, trial, options).run(names)
     return folder
 
 

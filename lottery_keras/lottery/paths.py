@@ -19,9 +19,13 @@ start from it, so a run resumed from a clone trains it again (`Unit.is_resumable
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
+import socket
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
@@ -37,9 +41,14 @@ MASKS = "masks.npz"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 REPORT = "report"
+LOCK = ".lock"
 
 RESULT_COLUMNS = ["round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc", "train_acc",
                   "generalization_gap", "ece", "val_loss", "train_seconds", "diverged"]
+
+
+class RunInUseError(RuntimeError):
+    """Another process holds the run (`RunFolder.lock`)."""
 
 
 class RunFolderError(ValueError):
@@ -179,6 +188,28 @@ class RunFolder:
                 raise
             raise RunFolderError(f"{self.config_path} does not describe a valid experiment ({err}); restore it "
                                  "from a copy, or delete the run folder") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for this process: a second process on the same run gets a RunInUseError at once instead
+        of doing the same work twice. The operating system releases the lock when the holder dies."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / LOCK, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunInUseError(f"{self.directory} is in use by {holder}; wait for it to finish, or give another "
+                                    "--output-dir") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
 
     @property
     def hash(self) -> str:
