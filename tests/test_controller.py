@@ -327,6 +327,8 @@ RUN_ARGS = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "all",
     (truncate, "trial_0/theta0.npz", "run", "recreated from the seed"),
     (truncate, "trial_0/random_rewind/round_00/metrics.json", "report", "not valid JSON"),
     (truncate, "config.json", "report", "not valid JSON"),
+    (lambda path: path.write_bytes(b"\x00\xff\xfe garbage"), "trial_0/random_rewind/results.csv", "report",
+     "restore it from git"),
     (lambda path: path.write_text('{"experiment": {"dataset": "mnist"}, "hash": "x"}'), "config.json", "report",
      "does not describe a valid experiment"),
 ])

@@ -275,12 +275,24 @@ class RunFolder:
         rows = {unit.round: unit.read_metrics() for unit in self.finished_units(trial, strategy)}
         recorded = self.results_csv(trial, strategy)
         if recorded.is_file():
-            for row in pd.read_csv(recorded).to_dict("records"):
+            for row in self._read_results_csv(recorded).to_dict("records"):
                 if not self.unit(trial, strategy, int(row["round"])).directory.exists():
                     rows.setdefault(int(row["round"]), row)
         table = pd.DataFrame(list(rows.values()), columns=RESULT_COLUMNS)
         table["diverged"] = table["diverged"].eq(True)  # False in tables from before the flag existed
         return table.sort_values("round", ignore_index=True).astype({"round": int})
+
+    @staticmethod
+    def _read_results_csv(path: Path) -> pd.DataFrame:
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise DamagedFileError(f"{path} is damaged ({type(err).__name__}); restore it from git, or delete it "
+                                   "to rebuild it from the round folders beside it") from None
+        if "round" not in table:
+            raise DamagedFileError(f"{path} is not a results table (no 'round' column); restore it from git, or "
+                                   "delete it to rebuild it from the round folders beside it")
+        return table
 
     def results_are_stale(self, trial: int, strategy: str) -> bool:
         """Whether results.csv lacks a finished unit (a kill between a unit's metrics and the table's rewrite)."""
@@ -288,7 +300,7 @@ class RunFolder:
         finished = {unit.round for unit in self.finished_units(trial, strategy)}
         if not recorded.is_file():
             return bool(finished)
-        return not finished <= set(pd.read_csv(recorded)["round"])
+        return not finished <= set(self._read_results_csv(recorded)["round"])
 
     def refresh_results(self, trial: int, strategy: str) -> None:
         """Rewrite the strategy's results.csv from what `strategy_results` finds."""
