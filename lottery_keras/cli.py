@@ -133,6 +133,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="XLA-compile the training loop")
     plan.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction,
                       help="fused C++ conv-ReLU-pool kernels (CPU)")
+    plan.add_argument("--sparse-kernels", action=argparse.BooleanOptionalAction,
+                      help="train sparse rounds of LeNet-300-100 on the native sparse kernels (CPU)")
     plan.add_argument("--batch-shards", type=_positive_int, metavar="N",
                       help="split each batch into N shards that run side by side")
     plan.add_argument("--threads", type=_positive_int, metavar="N", help="threads per TensorFlow operation")
@@ -216,7 +218,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     plan = execution.apply_threads(execution.decide(  # before TensorFlow's runtime starts
         experiment.arch, loop=args.loop, jit_compile=args.jit_compile, fused_kernels=args.fused_kernels,
-        batch_shards=args.batch_shards, threads=args.threads))
+        sparse_kernels=args.sparse_kernels, batch_shards=args.batch_shards, threads=args.threads))
     if not args.quiet:
         print(f"execution plan: {plan.describe()}")
     options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,

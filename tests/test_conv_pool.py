@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_keras.nn import conv_pool, models
+from lottery_keras.nn import conv_pool, models, native
 from lottery_keras.train import loop as training
 from lottery_keras.train import plan as execution
 
@@ -67,11 +67,11 @@ def test_the_kernels_reject_shapes_that_do_not_fit():
 
 
 def test_the_library_is_cached_and_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
-    assert conv_pool.build_library().exists()  # built once per source, TensorFlow version and flags
+    assert native.build_library().exists()  # built once per source, TensorFlow version and flags
     monkeypatch.setenv("LOTTERY_KERAS_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler 'no-such-compiler'.*install g\\+\\+"):
-        conv_pool.build_library()
+        native.build_library()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -79,7 +79,7 @@ def test_without_the_kernels_models_warn_once_and_train_on_plain_layers():
     """A fresh process with no compiler: one warning, then the compiled loop runs TensorFlow's own ops."""
     script = """
 import warnings, numpy as np
-from lottery_keras.nn import conv_pool, models
+from lottery_keras.nn import conv_pool, models, native
 from lottery_keras.train import loop as training
 from lottery_keras.train import plan as execution
 with warnings.catch_warnings(record=True) as caught:
@@ -99,7 +99,7 @@ print(int(model.optimizer.iterations.numpy()))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     count, message = result.stdout.splitlines()[0].split(" ", 1)
-    assert count == "1" and "fused conv-pool kernels unavailable" in message and "install g++" in message
+    assert count == "1" and "native kernels unavailable" in message and "install g++" in message
     assert result.stdout.splitlines()[1:3] == ["False", "2"]
 
 

@@ -102,7 +102,9 @@ def test_a_model_of_ones_own_trains_as_it_was_built():
     assert plan_for(sharded).model_execution == sharded.execution and not plan_for(sharded).jit_compile
     dense = build_model("lenet300_100", (28, 28, 1))
     assert plan_for(dense).jit_compile == execution.decide("lenet300_100").jit_compile
-    assert dataclasses.replace(plan_for(dense), jit_compile=False) == ExecutionPlan(device=plan_for(dense).device)
+    assert plan_for(dense).sparse_kernels == execution.decide("lenet300_100").sparse_kernels
+    assert dataclasses.replace(plan_for(dense), jit_compile=False, sparse_kernels=False) == ExecutionPlan(
+        device=plan_for(dense).device)
 
 
 @on_measured_cpu

@@ -257,6 +257,7 @@ class TrialRun:
         write_json(unit.metrics, {
             "round": unit.round, "remaining": round(remaining, 4), **result,
             "generalization_gap": result["train_acc"] - result["test_acc"], "train_seconds": round(seconds, 3),
+            "engine": self.trainer.last_engine,
         })
 
 

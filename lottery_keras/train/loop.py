@@ -8,6 +8,9 @@ XLA-compiled, and how the model's forward pass runs (fused kernels, batch shards
 choice (`plan.py`). Callbacks see the same `on_train_batch_end` calls as under `fit`, once per chunk, with the
 step count read from the optimizer.
 
+With the plan's sparse kernels, a round of a masked MLP whose density is below the plan's crossover runs on
+`sparse.SparseMlpTrainer` instead: the same schedule (`schedule.py`) over the surviving weights only.
+
 The plan's `loop="keras"` runs stock `keras.Model.fit` on numpy arrays with the same `train_step` and callbacks:
 the reference the compiled loop is tested and benchmarked against.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -24,7 +27,12 @@ import tensorflow as tf
 
 from lottery_keras.nn.models import MaskedModel
 from lottery_keras.train import plan as execution
+from lottery_keras.train import sparse
 from lottery_keras.train.optimizers import FusedAdam
+from lottery_keras.train.schedule import chunk_ends, epoch_permutation, reset_optimizer, steps_per_epoch
+
+__all__ = ["CompiledLoop", "Trainer", "chunk_ends", "compile_model", "epoch_permutation", "plan_for",
+           "reset_optimizer", "steps_per_epoch", "train"]
 
 
 def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-8) -> None:
@@ -33,28 +41,6 @@ def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-
     model.compile(optimizer=FusedAdam(learning_rate, epsilon=epsilon),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)
-
-
-def reset_optimizer(model: MaskedModel) -> None:
-    """Zero Adam's step count and moments (a new IMP round starts with a fresh optimizer)."""
-    for variable in model.optimizer.variables:
-        if variable is not model.optimizer.learning_rate:
-            variable.assign(tf.zeros_like(variable))
-
-
-def steps_per_epoch(num_samples: int, batch_size: int) -> int:
-    """Batches per epoch; the last partial batch of an epoch is dropped."""
-    if num_samples < batch_size:
-        raise ValueError(f"the training split has {num_samples} samples, fewer than one batch of {batch_size}")
-    return num_samples // batch_size
-
-
-def epoch_permutation(seed: int, epoch, num_samples: int) -> tf.Tensor:
-    """The sample order of one epoch: a deterministic function of (seed, epoch)."""
-    # Integer keys: stateless float draws differ between XLA and plain TensorFlow, integer draws do not.
-    seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    keys = tf.random.stateless_uniform([num_samples], seed=seed, minval=None, maxval=None, dtype=tf.int64)
-    return tf.argsort(keys, stable=True)
 
 
 def augment_crop_flip(images: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
@@ -112,12 +98,6 @@ class CompiledLoop:
             step += 1
 
 
-def chunk_ends(iterations: int, eval_every: int) -> Iterator[int]:
-    """Step counts at which the loop returns to the host: every evaluation point, and the end."""
-    yield from range(eval_every, iterations, eval_every)
-    yield iterations
-
-
 def plan_for(model: MaskedModel) -> execution.ExecutionPlan:
     """The default plan for a model as built: the tables' loop and XLA choice for its architecture, and the
     forward pass the model was built with."""
@@ -144,6 +124,10 @@ class Trainer:
         self.batch_size, self.plan = batch_size, plan
         self._compiled = (CompiledLoop(model, x_train, y_train, batch_size, augment, plan.jit_compile)
                           if plan.loop == "compiled" else None)
+        self._sparse = None
+        if plan.sparse_kernels and not augment and sparse.supports(model):
+            self._sparse = sparse.SparseMlpTrainer(model, x_train, y_train, batch_size)
+        self.last_engine: str | None = None  # which path ran the last `train` call: 'dense' or 'sparse'
 
     def train(self, iterations: int, eval_every: int, seed: int,
               callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
@@ -152,6 +136,10 @@ class Trainer:
         `on_train_end`."""
         if iterations < 1 or eval_every < 1:
             raise ValueError(f"iterations ({iterations}) and eval_every ({eval_every}) must be at least 1")
+        if self._sparse is not None and sparse.density_percent(self.model) < execution.SPARSE_BELOW_PERCENT:
+            self.last_engine = "sparse"
+            return self._sparse.train(iterations, eval_every, seed, callbacks)
+        self.last_engine = "dense"
         reset_optimizer(self.model)
         if self._compiled is None:
             _train_with_fit(self.model, self.x_train, self.y_train, iterations, self.batch_size, seed, callbacks)

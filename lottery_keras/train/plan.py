@@ -1,8 +1,8 @@
 """The execution plan: every choice of *how* training runs on this machine, none of *what* it computes.
 
 One frozen `ExecutionPlan` holds the training loop (compiled, or stock `keras.Model.fit`), XLA compilation, the
-fused conv-pool kernels, batch shards and TensorFlow's thread pools. `decide` makes it once, from the
-architecture, the device and the user's overrides, using the tables below of what measured faster
+fused conv-pool kernels, the sparse kernels, batch shards and TensorFlow's thread pools. `decide` makes it once,
+from the architecture, the device and the user's overrides, using the tables below of what measured faster
 (`benchmarks/bench_train.py`; figures in benchmarks/README.md). The CLI prints it, the controller carries it in
 its run options, `build_model` takes its `model_execution`, and the trainer runs it.
 
@@ -19,7 +19,7 @@ import os
 import tensorflow as tf
 
 from lottery_keras import catalog
-from lottery_keras.nn import conv_pool
+from lottery_keras.nn import conv_pool, native
 from lottery_keras.nn.models import Execution
 
 LOOPS = ("compiled", "keras")
@@ -32,6 +32,11 @@ JIT_ARCHS = {"cpu": frozenset({"lenet300_100"})}  # on GPU: every architecture
 FUSED_ARCHS = {"cpu": frozenset({"lenet5"}), "gpu": frozenset()}
 SHARDED_ARCHS = {"cpu": frozenset({"lenet5"}), "gpu": frozenset()}
 MEASURED_CORES = 2  # the core count the shard table was measured on
+# The sparse kernels (`train/sparse.py`) train masked MLPs at a cost that follows the surviving weights; a round
+# runs on them when its network's density is below the crossover measured on this CPU (benchmarks/bench_sparse.py:
+# equal cost at ~24 %).
+SPARSE_ARCHS = {"cpu": frozenset({"lenet300_100"}), "gpu": frozenset()}
+SPARSE_BELOW_PERCENT = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,7 @@ class ExecutionPlan:
     loop: str = "compiled"
     jit_compile: bool = False
     fused_kernels: bool = False
+    sparse_kernels: bool = False
     batch_shards: int = 1
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
@@ -54,6 +60,8 @@ class ExecutionPlan:
                              "turn off one of jit compilation and the fused kernels")
         if self.fused_kernels and self.device != "cpu":
             raise ValueError("the fused conv-pool kernels run on CPU only")
+        if self.sparse_kernels and (self.device != "cpu" or self.loop != "compiled"):
+            raise ValueError("the sparse kernels run on CPU, in place of the compiled loop's dense steps")
         if self.batch_shards < 1:
             raise ValueError(f"batch shards must be at least 1, not {self.batch_shards}")
         for name in ("intra_op_threads", "inter_op_threads"):
@@ -72,6 +80,8 @@ class ExecutionPlan:
             parts.append("XLA" if self.jit_compile else "no XLA")
         if self.fused_kernels:
             parts.append("fused conv-pool kernels")
+        if self.sparse_kernels:
+            parts.append(f"sparse kernels below {SPARSE_BELOW_PERCENT:g}% density")
         if self.batch_shards > 1:
             parts.append(f"batches in {self.batch_shards} shards side by side")
         threads = [f"{count} {label}" for count, label in ((self.intra_op_threads, "thread(s) per operation"),
@@ -90,7 +100,7 @@ def current_device() -> str:
 
 
 def decide(arch: str | None, *, device: str | None = None, loop: str = "compiled", jit_compile: bool | None = None,
-           fused_kernels: bool | None = None, batch_shards: int | None = None,
+           fused_kernels: bool | None = None, sparse_kernels: bool | None = None, batch_shards: int | None = None,
            threads: int | None = None) -> ExecutionPlan:
     """The plan for training `arch` (a `catalog.ARCHITECTURES` name; None for a model of one's own) on `device`
     (default: this machine's): the tables' choices, each replaced by the argument that names it when given.
@@ -107,13 +117,19 @@ def decide(arch: str | None, *, device: str | None = None, loop: str = "compiled
     elif fused_kernels and not conv_pool.available():
         raise ValueError("the fused conv-pool kernels could not be built here (see the warning above); "
                          "run without them")
+    if sparse_kernels is None:
+        sparse_kernels = loop == "compiled" and arch in SPARSE_ARCHS[device] and native.available()
+    elif sparse_kernels and (arch not in SPARSE_ARCHS[device] or not native.available()):
+        raise ValueError(f"the sparse kernels train {', '.join(sorted(SPARSE_ARCHS['cpu']))} on CPU, where the "
+                         "native kernels build; run without them")
     if batch_shards is None:
         batch_shards = MEASURED_CORES if arch in SHARDED_ARCHS[device] and cpu_cores() == MEASURED_CORES else 1
     intra, inter = threads, None
     if batch_shards > 1:  # the shards' operations run single-threaded, side by side on the inter-op pool
         intra, inter = threads or 1, batch_shards
     return ExecutionPlan(device=device, loop=loop, jit_compile=jit, fused_kernels=fused_kernels,
-                         batch_shards=batch_shards, intra_op_threads=intra, inter_op_threads=inter)
+                         sparse_kernels=sparse_kernels, batch_shards=batch_shards, intra_op_threads=intra,
+                         inter_op_threads=inter)
 
 
 def _pools_match(plan: ExecutionPlan) -> bool:
