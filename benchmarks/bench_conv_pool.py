@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lottery_keras.nn import conv_pool  # noqa: E402
+from lottery_keras.nn import conv_pool, native  # noqa: E402
 
 # name: (input side, input channels, kernel size, filters, padding, input gradient needed in training)
 BLOCKS = {"conv1": (28, 1, 5, 6, "same", False), "conv2": (14, 6, 5, 16, "valid", True)}
@@ -85,7 +85,7 @@ def main() -> None:
     tf.get_logger().setLevel("ERROR")  # eight functions, each traced once, make TensorFlow warn of retracing
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    if not conv_pool.available():
+    if not native.available():
         raise SystemExit("the fused kernels could not be built here (see the warning above)")
     print(f"ms per forward + backward pass, batch {args.batch}, one thread; medians of {args.reps} calls of "
           f"{args.steps} passes")

@@ -59,6 +59,7 @@ import tensorflow as tf  # noqa: E402
 from lottery_keras.catalog import canonical_arch  # noqa: E402
 from lottery_keras.nn.models import Execution, MaskedModel, build_model  # noqa: E402
 from lottery_keras.train import loop as training  # noqa: E402
+from lottery_keras.train import schedule  # noqa: E402
 from lottery_keras.train import plan as execution  # noqa: E402
 
 MNIST_SHAPE, CIFAR_SHAPE = (28, 28, 1), (32, 32, 3)
@@ -181,7 +182,7 @@ def compiled_loop(model: MaskedModel, x: np.ndarray, y: np.ndarray, batch_size: 
     def run(num_steps: int) -> None:
         nonlocal done
         previous = 0
-        for end in training.chunk_ends(num_steps, chunk):
+        for end in schedule.chunk_ends(num_steps, chunk):
             loop.run(seed=0, first_step=done + previous, num_steps=end - previous)
             previous = end
         done += num_steps
@@ -212,7 +213,7 @@ def measure(arch: str, plan: execution.ExecutionPlan, workload: Workload, batch_
     """Probe, warm up, then time the methods interleaved (rotating order); return the medians. The toolkit runs
     `plan`; the other-jit method the same plan with the opposite jit choice (unfused under XLA)."""
     x, y = synthetic_data(workload, seed)
-    steps = min(steps, training.steps_per_epoch(len(x), batch_size))  # `fit` cannot run past one epoch
+    steps = min(steps, schedule.steps_per_epoch(len(x), batch_size))  # `fit` cannot run past one epoch
     chunk = min(chunk, steps)
 
     def model(keras_adam: bool = False, fused: bool = False) -> MaskedModel:

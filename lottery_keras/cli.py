@@ -154,9 +154,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default="magnitude_rewind", help="strategy of a run directory")
     parser.add_argument("--trial", type=int, default=0, help="trial of a run directory")
     parser.add_argument("--formats", default="float,sparse,int8", help="comma-separated: float, sparse, int8")
-    parser.add_argument("--output-dir", type=_folder, help="where the .tflite files and export.csv go (default: "
-                                                            "beside the "
-                                             "ticket)")
+    parser.add_argument("--output-dir", type=_folder,
+                        help="where the .tflite files and export.csv go (default: beside the ticket)")
     parser.add_argument("--dataset", help="test data for a ticket outside a run directory (default: the run's)")
     parser.add_argument("--data-dir", type=_folder, help="folder holding the datasets (as for `run`)")
     parser.add_argument("--test-limit", type=_positive_int, metavar="N", help="evaluate on the first N test images")
@@ -218,7 +217,8 @@ def command_run(args: argparse.Namespace) -> int:
 
     plan = execution.apply_threads(execution.decide(  # before TensorFlow's runtime starts
         experiment.arch, loop=args.loop, jit_compile=args.jit_compile, fused_kernels=args.fused_kernels,
-        sparse_kernels=args.sparse_kernels, batch_shards=args.batch_shards, threads=args.threads))
+        sparse_kernels=args.sparse_kernels if experiment.precision == "float32" else False,
+        batch_shards=args.batch_shards, threads=args.threads))
     if not args.quiet:
         print(f"execution plan: {plan.describe()}")
     options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,

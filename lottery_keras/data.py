@@ -235,12 +235,20 @@ def _load_tfds(spec: DatasetSpec, looked_in: list[Path]) -> dict[str, tuple[np.n
     hint = (f"{spec.name} was not found in {places} and could not be downloaded with tensorflow_datasets. "
             f"To fix: {spec.how_to_get.replace('DATA_DIR', '<folder>')}, then pass --data-dir <folder> "
             f"or set {DATA_DIR_ENV}=<folder>.")
-    if not _download_server_answers():
-        raise DataError(f"{hint} (offline: tensorflow_datasets' download server does not answer)")
     try:
         import tensorflow_datasets as tfds
 
-        arrays = tfds.as_numpy(tfds.load(spec.tfds_name, split=["train", "test"], batch_size=-1, as_supervised=True))
+        def from_tfds(download: bool):
+            return tfds.as_numpy(tfds.load(spec.tfds_name, split=["train", "test"], batch_size=-1,
+                                           as_supervised=True, download=download))
+        try:
+            arrays = from_tfds(download=False)  # already in tensorflow_datasets' cache: no network needed
+        except Exception:  # noqa: BLE001  (not cached, in any of the ways tfds says so)
+            if not _download_server_answers():
+                raise DataError(f"{hint} (offline: tensorflow_datasets' download server does not answer)") from None
+            arrays = from_tfds(download=True)
+    except DataError:
+        raise
     except Exception as err:  # no internet, no tfds, a broken cache: all mean "no data here"
         raise DataError(f"{hint} (tfds said: {type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
     return {split: (np.asarray(x), np.asarray(y)) for split, (x, y) in zip(("train", "test"), arrays)}

@@ -18,8 +18,15 @@ import pandas as pd
 
 
 TEMPORARY_PREFIX = ".tmp-"  # every temporary file and staging folder this package makes starts with it
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
 
 
 @contextmanager
@@ -32,21 +39,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.stem}.", suffix=path.suffix)
         os.close(handle)
     except OSError as err:
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
+        raise OSError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
+    except OSError as err:  # a full disk, a read-only folder: say which file
+        raise OSError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def remove_temporaries(folder: str | os.PathLike) -> None:
-    """Delete what killed writes left under `folder` (only while no other process can be writing there)."""
-    for leftover in Path(folder).rglob(f"{TEMPORARY_PREFIX}*"):
+def remove_temporaries(folder: str | os.PathLike, pattern: str = "**") -> None:
+    """Delete what killed writes left in the subfolders of `folder` matching `pattern` (only while no other
+    process can be writing there)."""
+    for leftover in Path(folder).glob(f"{pattern}/{TEMPORARY_PREFIX}*"):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         elif leftover.exists():
@@ -96,6 +104,6 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError, TypeError) as err:
         raise DamagedFileError(f"{path} is damaged: not a whole .npz archive ({type(err).__name__}: {err})") \
             from None

@@ -15,7 +15,7 @@ from lottery_keras.nn import conv_pool, models, native
 from lottery_keras.train import loop as training
 from lottery_keras.train import plan as execution
 
-pytestmark = pytest.mark.skipif(not conv_pool.available(), reason="no C++ compiler to build the fused kernels")
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler to build the fused kernels")
 
 # (input side, input channels, kernel size, filters, padding): LeNet-5's two blocks, an odd side (the pool drops
 # the last row and column), an even kernel under SAME (TensorFlow pads one more pixel after than before), and a
@@ -58,7 +58,7 @@ def test_fused_block_and_gradients_equal_tensorflows(mnist_small, side, channels
 
 
 def test_the_kernels_reject_shapes_that_do_not_fit():
-    ops = conv_pool.native_ops()
+    ops = native.native_ops()
     with pytest.raises(tf.errors.InvalidArgumentError, match="bias must have one value per channel"):
         ops.lottery_bias_relu_max_pool(tf.zeros([1, 4, 4, 3]), tf.zeros([2]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="does not match the input"):
@@ -84,7 +84,7 @@ from lottery_keras.train import loop as training
 from lottery_keras.train import plan as execution
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    assert not conv_pool.available() and not conv_pool.available()
+    assert not native.available() and not native.available()
 print(len(caught), str(caught[0].message))
 model = models.build_model("lenet5", (28, 28, 1), seed=0)
 training.compile_model(model, 1e-3)

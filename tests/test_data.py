@@ -285,8 +285,8 @@ def no_tfds_download(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     calls = []
 
-    def failing_load(name, *args, **kwargs):
-        calls.append(name)
+    def failing_load(name, *args, download=True, **kwargs):
+        calls.append((name, download))
         raise _NoInternet(f"could not download {name}: no internet\nsecond line")
 
     monkeypatch.setattr(tfds, "load", failing_load)
@@ -321,7 +321,7 @@ def test_without_local_data_tfds_is_the_fallback_when_online(tmp_path, monkeypat
     with pytest.raises(data.DataError, match="LOTTERY_KERAS_DATA_DIR") as info:
         data.load("mnist")
     assert str(tmp_path / "nowhere" / "mnist") in str(info.value) and "_NoInternet" in str(info.value)
-    assert no_tfds_download == ["mnist"]
+    assert no_tfds_download == [("mnist", False), ("mnist", True)]  # its cache first, then a download
 
 
 def test_offline_without_local_data_fails_at_once(tmp_path, monkeypatch, no_local_copies, no_tfds_download):
@@ -329,7 +329,7 @@ def test_offline_without_local_data_fails_at_once(tmp_path, monkeypatch, no_loca
     started = time.perf_counter()
     with pytest.raises(data.DataError, match="offline: tensorflow_datasets' download server does not answer"):
         data.load("mnist")
-    assert time.perf_counter() - started < 5 and no_tfds_download == []
+    assert time.perf_counter() - started < 5 and no_tfds_download == [("mnist", False)]  # the cache only
 
 
 def test_candidate_folders_order(tmp_path, monkeypatch):

@@ -23,7 +23,8 @@ from lottery_keras.lottery import pruning  # noqa: E402
 from lottery_keras.train import loop as training  # noqa: E402
 from lottery_keras.config import from_preset  # noqa: E402
 from lottery_keras.deploy.tflite import EXPORT_COLUMNS, FORMATS, export_ticket  # noqa: E402
-from lottery_keras.deploy.tickets import TicketError, load_ticket, resolve_ticket, strip_masks  # noqa: E402
+from lottery_keras.deploy.tickets import resolve_ticket, strip_masks  # noqa: E402
+from lottery_keras.nn.saving import TicketError, load_ticket  # noqa: E402
 from lottery_keras.lottery.paths import RunFolder  # noqa: E402
 from lottery_keras.lottery.pruning import remaining_percent  # noqa: E402
 from lottery_keras.nn.models import MaskedModel, build_model  # noqa: E402

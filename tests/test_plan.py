@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from lottery_keras.nn import conv_pool
+from lottery_keras.nn import native
 from lottery_keras.nn.models import Execution, build_model
 from lottery_keras.train import plan as execution
 from lottery_keras.train.loop import Trainer, plan_for
@@ -44,7 +44,7 @@ def apply_in_fresh_process(arch: str, start_runtime_first: bool = False) -> dict
 def test_lenet5_on_cpu_gets_shards_fused_kernels_and_no_xla():
     plan = execution.decide("lenet5", device="cpu")
     assert (plan.batch_shards, plan.intra_op_threads, plan.inter_op_threads) == (2, 1, 2)
-    assert plan.fused_kernels == conv_pool.available() and not plan.jit_compile
+    assert plan.fused_kernels == native.available() and not plan.jit_compile
     assert plan.model_execution == Execution(batch_shards=2, fused_conv_pool=plan.fused_kernels)
 
 

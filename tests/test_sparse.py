@@ -50,26 +50,28 @@ def test_sparse_steps_train_the_same_weights_as_the_dense_loop(mnist_small, dens
     assert int(sparse_twin.optimizer.iterations.numpy()) == 150
 
 
-def test_the_sparse_forward_pass_gives_the_models_logits(mnist_small):
-    model = masked_lenet(0.1, mnist_small.input_shape)
-    layers = [sparse.SparseLayer.of(keras.ops.convert_to_numpy(layer.mask) > 0) for layer in model.masked_layers()]
-    values = [s.values(keras.ops.convert_to_numpy(layer.kernel)) for s, layer in zip(layers, model.masked_layers())]
-    x = mnist_small.x_test[:700]
-    logits = native.native_ops().lottery_sparse_mlp_logits(
-        x.reshape(len(x), -1), [s.row_ptr for s in layers], [s.cols for s in layers], values,
-        [keras.ops.convert_to_numpy(layer.bias) for layer in model.masked_layers()])
-    np.testing.assert_allclose(logits.numpy(), model.predict(x, verbose=0), rtol=0, atol=1e-4)
+def steps_with(row_ptr: list[int], cols: list[int], step0=0):
+    """One step of a 3-input, 2-output single-layer network with the given CSR structure."""
+    x, y = np.ones((4, 3), np.float32), np.zeros(4, np.int32)
+    values, bias = np.ones(len(cols), np.float32), np.zeros(2, np.float32)
+    return native.native_ops().lottery_sparse_mlp_steps(
+        x, y, np.zeros((1, 2), np.int32), np.array(step0, np.int64), np.float32(1e-3), [np.array(row_ptr, np.int32)],
+        [np.array(cols, np.int32)], [values], [bias], [np.zeros_like(values)], [np.zeros_like(values)],
+        [np.zeros_like(bias)], [np.zeros_like(bias)])
 
 
 def test_the_kernels_refuse_a_structure_that_does_not_fit():
-    ops = native.native_ops()
-    x = np.zeros((4, 3), np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="column 5 outside 0..1"):
-        ops.lottery_sparse_mlp_logits(x, [np.array([0, 1, 1, 1], np.int32)], [np.array([5], np.int32)],
-                                      [np.ones(1, np.float32)], [np.zeros(2, np.float32)])
+        steps_with([0, 1, 1, 1], [5])
     with pytest.raises(tf.errors.InvalidArgumentError, match="must hold its 3 input rows"):
-        ops.lottery_sparse_mlp_logits(x, [np.array([0, 1], np.int32)], [np.array([0], np.int32)],
-                                      [np.ones(1, np.float32)], [np.zeros(2, np.float32)])
+        steps_with([0, 1], [0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="step0 and learning_rate must be scalars"):
+        steps_with([0, 1, 1, 1], [0], step0=[0, 1])
+
+
+def test_a_layer_with_no_surviving_weight_still_trains_its_bias():
+    new_values, new_bias = steps_with([0, 0, 0, 0], [])[:2]
+    assert new_values[0].shape == (0,) and np.all(new_bias[0].numpy() != 0)
 
 
 def test_the_plan_runs_sparse_rounds_on_the_kernels_and_dense_rounds_on_the_loop(mnist_small):

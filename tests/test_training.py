@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_keras.nn import conv_pool, models
+from lottery_keras.nn import models, native
 from lottery_keras.train import callbacks, evaluation
 from lottery_keras.train import loop as training
+from lottery_keras.train import schedule
 from lottery_keras.train.plan import ExecutionPlan
 
 MNIST_SHAPE = (28, 28, 1)
@@ -37,23 +38,23 @@ def random_masks(model, keep: float, seed: int) -> dict[str, np.ndarray]:
 # -------------------------------------------------------------------------------------------- the schedule
 
 def test_chunk_ends():
-    assert list(training.chunk_ends(10, 3)) == [3, 6, 9, 10]
-    assert list(training.chunk_ends(10, 5)) == [5, 10]
-    assert list(training.chunk_ends(3, 10)) == [3]
-    assert list(training.chunk_ends(1, 1)) == [1]
-    assert next(training.chunk_ends(10**12, 916)) == 916  # lazily: a huge run costs no memory up front
+    assert list(schedule.chunk_ends(10, 3)) == [3, 6, 9, 10]
+    assert list(schedule.chunk_ends(10, 5)) == [5, 10]
+    assert list(schedule.chunk_ends(3, 10)) == [3]
+    assert list(schedule.chunk_ends(1, 1)) == [1]
+    assert next(schedule.chunk_ends(10**12, 916)) == 916  # lazily: a huge run costs no memory up front
 
 
 def test_steps_per_epoch():
-    assert training.steps_per_epoch(55_000, 60) == 916
-    assert training.steps_per_epoch(120, 60) == 2
+    assert schedule.steps_per_epoch(55_000, 60) == 916
+    assert schedule.steps_per_epoch(120, 60) == 2
     with pytest.raises(ValueError, match="fewer than one batch"):
-        training.steps_per_epoch(59, 60)
+        schedule.steps_per_epoch(59, 60)
 
 
 def test_batch_indices_within_an_epoch_are_disjoint_and_cover_the_epoch():
     num_samples, batch_size = 1_000, 60
-    spe = training.steps_per_epoch(num_samples, batch_size)
+    spe = schedule.steps_per_epoch(num_samples, batch_size)
     assert spe == 16
     epoch0 = [batch_indices(7, step, num_samples, batch_size) for step in range(spe)]
     assert all(len(batch) == batch_size for batch in epoch0)
@@ -62,7 +63,7 @@ def test_batch_indices_within_an_epoch_are_disjoint_and_cover_the_epoch():
     assert flat.min() >= 0 and flat.max() < num_samples
     assert not np.array_equal(flat, np.arange(spe * batch_size))  # shuffled
     # the epoch is a slice of the epoch permutation; the next epoch draws a new one
-    np.testing.assert_array_equal(flat, training.epoch_permutation(7, 0, num_samples).numpy()[:spe * batch_size])
+    np.testing.assert_array_equal(flat, schedule.epoch_permutation(7, 0, num_samples).numpy()[:spe * batch_size])
     epoch1 = np.concatenate([batch_indices(7, spe + step, num_samples, batch_size) for step in range(spe)])
     assert len(np.unique(epoch1)) == spe * batch_size
     assert not np.array_equal(epoch1, flat)
@@ -72,18 +73,18 @@ def test_batch_indices_within_an_epoch_are_disjoint_and_cover_the_epoch():
 
 
 def test_epoch_permutation_is_a_permutation():
-    perm = training.epoch_permutation(3, 2, 500).numpy()
+    perm = schedule.epoch_permutation(3, 2, 500).numpy()
     np.testing.assert_array_equal(np.sort(perm), np.arange(500))
-    np.testing.assert_array_equal(perm, training.epoch_permutation(3, 2, 500).numpy())
+    np.testing.assert_array_equal(perm, schedule.epoch_permutation(3, 2, 500).numpy())
 
 
 @pytest.mark.parametrize("num_samples", [1_200, 55_000])
 def test_epoch_permutation_is_the_same_under_xla(num_samples):
     """The compiled loop may run under XLA: its batches must still be the ones `batch_indices` names."""
     seed, epoch = tf.constant(3, tf.int64), tf.constant(1, tf.int64)
-    under_xla = tf.function(training.epoch_permutation, jit_compile=True)(seed, epoch, num_samples).numpy()
-    in_graph = tf.function(training.epoch_permutation, jit_compile=False)(seed, epoch, num_samples).numpy()
-    eager = training.epoch_permutation(3, 1, num_samples).numpy()
+    under_xla = tf.function(schedule.epoch_permutation, jit_compile=True)(seed, epoch, num_samples).numpy()
+    in_graph = tf.function(schedule.epoch_permutation, jit_compile=False)(seed, epoch, num_samples).numpy()
+    eager = schedule.epoch_permutation(3, 1, num_samples).numpy()
     np.testing.assert_array_equal(in_graph, eager)
     np.testing.assert_array_equal(under_xla, eager)
 
@@ -155,7 +156,7 @@ def test_reset_optimizer_zeroes_state_but_keeps_learning_rate(mnist_small):
     assert int(model.optimizer.iterations.numpy()) == 10
     assert any(np.any(keras.ops.convert_to_numpy(v) != 0) for v in model.optimizer.variables
                if v is not model.optimizer.iterations and v is not model.optimizer.learning_rate)
-    training.reset_optimizer(model)
+    schedule.reset_optimizer(model)
     assert int(model.optimizer.iterations.numpy()) == 0
     for variable in model.optimizer.variables:
         if variable is not model.optimizer.learning_rate:
@@ -193,15 +194,15 @@ def _twin_models(masks_seed: int = 11, arch: str = "lenet300_100", execution: mo
         model = models.build_model(arch, MNIST_SHAPE, seed=9, execution=twin_execution)
         model.set_masks(random_masks(model, keep=0.5, seed=masks_seed))
         training.compile_model(model, 1.2e-3)
-        training.reset_optimizer(model)
+        schedule.reset_optimizer(model)
         twins.append(model)
     return twins
 
 
 def batch_indices(seed: int, step: int, num_samples: int, batch_size: int) -> np.ndarray:
     """The training indices of global step `step` (0-based) under the compiled loop's sampling."""
-    epoch, position = divmod(step, training.steps_per_epoch(num_samples, batch_size))
-    perm = training.epoch_permutation(seed, epoch, num_samples).numpy()
+    epoch, position = divmod(step, schedule.steps_per_epoch(num_samples, batch_size))
+    perm = schedule.epoch_permutation(seed, epoch, num_samples).numpy()
     return perm[position * batch_size:(position + 1) * batch_size]
 
 
@@ -230,7 +231,7 @@ def test_compiled_loop_matches_fit_on_the_same_batches(mnist_small, jit):
 
 
 @pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not conv_pool.available(), reason="no C++ compiler to build the fused kernels"))])
+    not native.available(), reason="no C++ compiler to build the fused kernels"))])
 def test_sharded_loop_matches_unsharded_fit_on_the_same_batches(mnist_small, fused):
     """Two batch shards on LeNet-5 (the CPU plan of `plan.py`), with or without the fused conv-pool kernels
     (`conv_pool.py`), train the same weights as whole batches through the layers."""

@@ -139,7 +139,7 @@ def ticket_range(accuracy: pd.Series, remaining: pd.Series, dense: float,
 
 def compare_sparsest(first: pd.DataFrame, second: pd.DataFrame) -> tuple[float, float, float]:
     """(remaining %, first's and second's mean test accuracy) at the sparsest round both reached."""
-    common = first.index.intersection(second.index)
+    common = first["test_acc_mean"].dropna().index.intersection(second["test_acc_mean"].dropna().index)
     if common.empty:
         return math.nan, math.nan, math.nan
     last = common.max()

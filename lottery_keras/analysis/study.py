@@ -227,14 +227,17 @@ def paper_claims(study: list[StudyRun]) -> pd.DataFrame:
         claims = {
             "tickets reach the dense accuracy down to (% remaining)": (
                 PAPER_LENET["matches_dense_down_to"],
-                [ticket_range(ticket[t].dropna(), remaining, ticket[t][0], tolerance=0.0) for t in ticket]),
+                [ticket_range(ticket[t].dropna(), remaining, ticket[t].get(0, math.nan), tolerance=0.0)
+                 for t in ticket]),
             f"early stop sooner than dense at {remaining[at[21.0]]:.3g}% (%)": (
                 PAPER_LENET["es_sooner_percent"],
-                [100 * (1 - iterations[t][at[21.0]] / iterations[t][0]) for t in iterations]),
+                [100 * (1 - iterations[t].get(at[21.0], math.nan) / iterations[t].get(0, math.nan))
+                 for t in iterations]),
         }
-        for level in PAPER_LEVELS:
+        for level in PAPER_LEVELS:  # a control still running, or diverged there, has no value yet
             claims[f"ticket − random reinit at {remaining[at[level]]:.3g}% (points)"] = (
-                math.nan, [ticket[t][at[level]] - reinit[t][at[level]] for t in ticket if t in reinit])
+                math.nan, [ticket[t].get(at[level], math.nan) - reinit[t].get(at[level], math.nan)
+                           for t in ticket if t in reinit])
         for claim, (paper, values) in claims.items():
             rows.append({"run": entry.label, "claim": claim, "paper": paper, "seeds": len(values),
                          **spread(values)})

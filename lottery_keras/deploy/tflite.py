@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from lottery_keras.data import Splits
-from lottery_keras.deploy.tickets import TicketError, load_ticket, model_input_shape, strip_masks
+from lottery_keras.deploy.tickets import model_input_shape, strip_masks
+from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.lottery.pruning import remaining_percent
 from lottery_keras.nn.models import MaskedModel
 from lottery_keras.storage import atomic_path, write_csv

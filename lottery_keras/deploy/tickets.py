@@ -21,9 +21,7 @@ from lottery_keras.lottery.paths import RunFolder, RunFolderError
 from lottery_keras.lottery.strategies import WINNING_TICKET
 from lottery_keras.nn.layers import MaskedConv2D, MaskedDense, MaskedLayer
 from lottery_keras.nn.models import MaskedModel
-from lottery_keras.nn.saving import TicketError, load_ticket
-
-__all__ = ["PLAIN_LAYERS", "TicketError", "load_ticket", "model_input_shape", "resolve_ticket", "strip_masks"]
+from lottery_keras.nn.saving import TicketError
 
 
 # ----------------------------------------------------------------------------------------------- stripping

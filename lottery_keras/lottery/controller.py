@@ -44,15 +44,21 @@ def derived_seed(*parts: int | str) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0] % 2**20)
 
 
-def prepare_run_folder(experiment: Experiment, output_dir: str | os.PathLike) -> RunFolder:
-    """Create (or re-open) the run folder and record the configuration; fails clearly when unwritable."""
+def open_run_folder(experiment: Experiment, output_dir: str | os.PathLike) -> RunFolder:
+    """Create (or re-open) the run folder; fails clearly when unwritable."""
     folder = RunFolder.for_experiment(experiment, output_dir)
     try:
         folder.directory.mkdir(parents=True, exist_ok=True)
-        folder.write_config(experiment)
     except OSError as err:
         raise OSError(f"cannot write the run directory {folder.directory}: {err.strerror or err}; "
                       "choose another folder with --output-dir") from err
+    return folder
+
+
+def prepare_run_folder(experiment: Experiment, output_dir: str | os.PathLike) -> RunFolder:
+    """`open_run_folder`, and record the configuration (for callers that drive `TrialRun` themselves)."""
+    folder = open_run_folder(experiment, output_dir)
+    folder.write_config(experiment)
     return folder
 
 
@@ -231,6 +237,7 @@ class TrialRun:
     # ------------------------------------------------------------------------------------------ one round
 
     def _train_round(self, strategy: Strategy, unit: Unit, masks: pruning.Masks, start: dict) -> None:
+        unit.metrics.unlink(missing_ok=True)  # results without tickets (a clone): they mark the unit finished last
         self._set_start(start, masks)
         remaining = pruning.remaining_percent(masks)
         save_ticket(self.model, self.splits.input_shape, unit.ticket_init)
@@ -268,9 +275,10 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
     names = strategies.resolve(options.strategies)
     if not options.trials or min(options.trials) < 0:
         raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
-    folder = prepare_run_folder(experiment, output_dir)
+    folder = open_run_folder(experiment, output_dir)
     with folder.lock():
-        remove_temporaries(folder.directory)
+        remove_temporaries(folder.directory, "trial_*/**")  # not report/: reports run without the lock
+        folder.write_config(experiment)
         splits = load_splits(experiment, data_dir)
         folder.write_config(experiment, data_source=splits.source)
         if options.verbose:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import socket
 from pathlib import Path
@@ -193,6 +192,8 @@ class RunFolder:
     def lock(self) -> Iterator[None]:
         """Hold the run for this process: a second process on the same run gets a RunInUseError at once instead
         of doing the same work twice. The operating system releases the lock when the holder dies."""
+        import fcntl  # POSIX: imported here so that reading run folders works everywhere
+
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / LOCK, "a+") as handle:
             try:
@@ -323,4 +324,5 @@ class RunFolder:
     def unit_histories(self, strategy: str, round_index: int) -> list[pd.DataFrame]:
         """The learning curves (history.csv) of one round of one strategy, from every trial that finished it."""
         units = [self.unit(trial, strategy, round_index) for trial in self.trials()]
-        return [unit.read_history() for unit in units if unit.is_finished() and unit.history.is_file()]
+        return [unit.read_history() for unit in units
+                if unit.is_finished() and unit.history.is_file() and not unit.read_metrics().get("diverged")]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from lottery_keras.nn.native import available, native_ops
-
-__all__ = ["available", "conv_relu_pool", "native_ops"]
+from lottery_keras.nn.native import native_ops
 
 
 def conv_relu_pool(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, padding: str) -> tf.Tensor:

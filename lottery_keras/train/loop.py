@@ -31,9 +31,6 @@ from lottery_keras.train import sparse
 from lottery_keras.train.optimizers import FusedAdam
 from lottery_keras.train.schedule import chunk_ends, epoch_permutation, reset_optimizer, steps_per_epoch
 
-__all__ = ["CompiledLoop", "Trainer", "chunk_ends", "compile_model", "epoch_permutation", "plan_for",
-           "reset_optimizer", "steps_per_epoch", "train"]
-
 
 def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-8) -> None:
     """Attach Adam (`FusedAdam`: Keras's arithmetic in one kernel per variable) and the cross-entropy loss, and
@@ -104,6 +101,7 @@ def plan_for(model: MaskedModel) -> execution.ExecutionPlan:
     default = execution.decide(model.arch, fused_kernels=False, batch_shards=1)
     jit = default.jit_compile and not model.execution.fused_conv_pool
     return dataclasses.replace(default, jit_compile=jit, fused_kernels=model.execution.fused_conv_pool,
+                               sparse_kernels=default.sparse_kernels and sparse.supports(model),
                                batch_shards=model.execution.batch_shards)
 
 
@@ -125,7 +123,10 @@ class Trainer:
         self._compiled = (CompiledLoop(model, x_train, y_train, batch_size, augment, plan.jit_compile)
                           if plan.loop == "compiled" else None)
         self._sparse = None
-        if plan.sparse_kernels and not augment and sparse.supports(model):
+        if plan.sparse_kernels:
+            if augment or not sparse.supports(model):
+                raise ValueError("the plan's sparse kernels train masked float32 MLPs without augmentation; "
+                                 "decide the plan with sparse_kernels=False")
             self._sparse = sparse.SparseMlpTrainer(model, x_train, y_train, batch_size)
         self.last_engine: str | None = None  # which path ran the last `train` call: 'dense' or 'sparse'
 

@@ -19,7 +19,7 @@ import os
 import tensorflow as tf
 
 from lottery_keras import catalog
-from lottery_keras.nn import conv_pool, native
+from lottery_keras.nn import native
 from lottery_keras.nn.models import Execution
 
 LOOPS = ("compiled", "keras")
@@ -113,8 +113,8 @@ def decide(arch: str | None, *, device: str | None = None, loop: str = "compiled
             raise ValueError("XLA compilation is a choice of the compiled loop; stock fit keeps Keras's own")
         jit = False
     if fused_kernels is None:
-        fused_kernels = loop == "compiled" and not jit and arch in FUSED_ARCHS[device] and conv_pool.available()
-    elif fused_kernels and not conv_pool.available():
+        fused_kernels = loop == "compiled" and not jit and arch in FUSED_ARCHS[device] and native.available()
+    elif fused_kernels and not native.available():
         raise ValueError("the fused conv-pool kernels could not be built here (see the warning above); "
                          "run without them")
     if sparse_kernels is None:

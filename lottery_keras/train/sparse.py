@@ -6,8 +6,8 @@ evaluations in one call of the native op (forward, backward and Adam over the su
 compiled loop's exact batch order), and writes the weights back into the Keras model before the callbacks look
 at it, so early stopping, evaluation and saved tickets are unchanged. Pruned weights stay exactly 0: they are not
 stored. Results equal the dense path's up to float summation order (tests/test_sparse.py). The execution plan
-chooses it for a round when the network's density is below the crossover measured on this machine
-(`train/plan.py`).
+chooses it for a round when the network's density is below `plan.SPARSE_BELOW_PERCENT`, set from the crossover
+benchmarks/bench_sparse.py measured on the project's 2-core CPU.
 """
 
 from __future__ import annotations

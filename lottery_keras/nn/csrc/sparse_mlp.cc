@@ -2,8 +2,7 @@
 // follows the number of surviving weights instead of the dense layer sizes.
 //
 //   LotterySparseMlpSteps    S steps of minibatch Adam training, softmax cross-entropy loss; returns the
-//                            updated weights, biases and Adam moments;
-//   LotterySparseMlpLogits   the forward pass (logits) of the same network, for evaluation.
+//                            updated weights, biases and Adam moments.
 //
 // Each layer holds only its surviving weights, in CSR form by input row (row_ptr [in + 1], cols [nnz],
 // values [nnz]), and a dense bias. Activations are feature-major ([features][batch]), so every product is an
@@ -42,8 +41,6 @@ struct Layer {
   float* w = nullptr;
   float* b = nullptr;
 };
-
-
 
 // out[j][:] = b[j] + sum over surviving w(i -> j) of w * in[i][:], then ReLU unless this is the output layer.
 // kB > 0: the batch size, known at compile time (the inner loops unroll completely); 0: `batch` at run time.
@@ -202,8 +199,10 @@ class SparseMlpStepsOp : public OpKernel {
     const Tensor& x = context->input(0);
     const Tensor& labels = context->input(1);
     const Tensor& batches = context->input(2);
-    const int64_t step0 = context->input(3).scalar<int64_t>()();
-    const float learning_rate = context->input(4).scalar<float>()();
+    OP_REQUIRES(context, context->input(3).NumElements() == 1 && context->input(4).NumElements() == 1,
+                InvalidArgument("step0 and learning_rate must be scalars"));
+    const int64_t step0 = context->input(3).flat<int64_t>()(0);
+    const float learning_rate = context->input(4).flat<float>()(0);
     OP_REQUIRES(context, x.dims() == 2 && labels.dims() == 1 && labels.dim_size(0) == x.dim_size(0),
                 InvalidArgument("x must be [samples, features] and labels [samples]"));
     OP_REQUIRES(context, batches.dims() == 2 && batches.dim_size(1) > 0,
@@ -232,7 +231,10 @@ class SparseMlpStepsOp : public OpKernel {
         const Tensor& source = (*state[s].first)[l];
         Tensor* target = nullptr;
         OP_REQUIRES_OK(context, outputs.allocate(l, source.shape(), &target));
-        std::memcpy(target->flat<float>().data(), source.flat<float>().data(), source.NumElements() * sizeof(float));
+        if (source.NumElements() > 0) {  // a layer may have no surviving weight
+          std::memcpy(target->flat<float>().data(), source.flat<float>().data(),
+                      source.NumElements() * sizeof(float));
+        }
         (*state[s].second)[l] = target;
       }
     }
@@ -301,48 +303,6 @@ class SparseMlpStepsOp : public OpKernel {
   float beta1_, beta2_, epsilon_;
 };
 
-class SparseMlpLogitsOp : public OpKernel {
- public:
-  explicit SparseMlpLogitsOp(OpKernelConstruction* context) : OpKernel(context) {}
-
-  void Compute(OpKernelContext* context) override {
-    const Tensor& x = context->input(0);
-    OP_REQUIRES(context, x.dims() == 2, InvalidArgument("x must be [samples, features]"));
-    OpInputList row_ptr, cols, values, bias;
-    OP_REQUIRES_OK(context, context->input_list("row_ptr", &row_ptr));
-    OP_REQUIRES_OK(context, context->input_list("cols", &cols));
-    OP_REQUIRES_OK(context, context->input_list("values", &values));
-    OP_REQUIRES_OK(context, context->input_list("bias", &bias));
-    std::vector<Tensor*> w, b;  // read only here; Layer keeps non-const pointers for the training op
-    for (int l = 0; l < values.size(); ++l) {
-      w.push_back(const_cast<Tensor*>(&values[l]));
-      b.push_back(const_cast<Tensor*>(&bias[l]));
-    }
-    std::vector<Layer> layers;
-    OP_REQUIRES_OK(context, ReadLayers(row_ptr, cols, w, b, x.dim_size(1), &layers));
-    const int64_t samples = x.dim_size(0), features = x.dim_size(1), classes = layers.back().out;
-    Tensor* logits = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({samples, classes}), &logits));
-    constexpr int64_t kBlock = 256;
-    std::vector<int32_t> rows(kBlock);
-    std::vector<std::vector<float>> activations(layers.size() + 1);
-    for (int64_t start = 0; start < samples; start += kBlock) {
-      const int64_t count = std::min(kBlock, samples - start);
-      for (int64_t n = 0; n < count; ++n) rows[n] = static_cast<int32_t>(start + n);
-      activations[0].resize(features * count);
-      GatherTransposed(x.flat<float>().data(), features, rows.data(), count, activations[0].data());
-      for (size_t l = 0; l < layers.size(); ++l) {
-        activations[l + 1].resize(layers[l].out * count);
-        Forward(layers[l], activations[l].data(), activations[l + 1].data(), count, l + 1 < layers.size());
-      }
-      float* out = logits->flat<float>().data() + start * classes;
-      for (int64_t n = 0; n < count; ++n) {
-        for (int64_t c = 0; c < classes; ++c) out[n * classes + c] = activations.back()[c * count + n];
-      }
-    }
-  }
-};
-
 Status SameShapes(InferenceContext* c, int first_input, int count, int first_output) {
   for (int i = 0; i < count; ++i) c->set_output(first_output + i, c->input(first_input + i));
   return Status();
@@ -386,22 +346,4 @@ REGISTER_OP("LotterySparseMlpSteps")
       return SameShapes(c, state + 5 * num_layers, num_layers, 5 * num_layers);
     });
 
-REGISTER_OP("LotterySparseMlpLogits")
-    .Input("x: float")
-    .Input("row_ptr: L * int32")
-    .Input("cols: L * int32")
-    .Input("values: L * float")
-    .Input("bias: L * float")
-    .Attr("L: int >= 1")
-    .Output("logits: float")
-    .SetShapeFn([](InferenceContext* c) {
-      int64_t num_layers;
-      TF_RETURN_IF_ERROR(c->GetAttr("L", &num_layers));
-      c->set_output(0, c->Matrix(c->Dim(c->input(0), 0), c->Dim(c->input(1 + 4 * num_layers - 1), 0)));
-      return Status();
-    });
-
-REGISTER_KERNEL_BUILDER(Name("LotterySparseMlpSteps").Device(DEVICE_CPU).HostMemory("step0").HostMemory(
-                            "learning_rate"),
-                        SparseMlpStepsOp);
-REGISTER_KERNEL_BUILDER(Name("LotterySparseMlpLogits").Device(DEVICE_CPU), SparseMlpLogitsOp);
+REGISTER_KERNEL_BUILDER(Name("LotterySparseMlpSteps").Device(DEVICE_CPU), SparseMlpStepsOp);
