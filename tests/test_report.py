@@ -61,8 +61,9 @@ def expected_summary(metrics: dict[tuple[str, int], list[dict]]) -> dict[str, fl
     in_range = [r for r in ticket_rounds if all(accs[q] >= dense - 2.0 for q in range(r + 1))]
     expected = {"dense_test_acc": dense, "peak_test_acc": accs[peak], "peak_remaining": remaining[peak],
                 "ticket_range_remaining": remaining[max(in_range)]}
+    before_collapse = [r for r in ticket_rounds if all(accs[q] >= dense - 10.0 for q in range(r + 1))]
     for other, prefix in (("magnitude_random", "reinit"), ("random_rewind", "random_pruning")):
-        last = max(r for s, r in metrics if s == other)
+        last = max(r for s, r in metrics if s == other and r in before_collapse)
         expected[f"{prefix}_remaining"] = remaining[last]
         expected[f"{prefix}_test_acc"] = mean_acc(other, last)
         expected[f"{prefix}_gap"] = accs[last] - mean_acc(other, last)

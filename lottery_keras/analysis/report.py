@@ -35,6 +35,7 @@ from lottery_keras.lottery.strategies import WINNING_TICKET as TICKET
 from lottery_keras.storage import atomic_path, write_csv
 
 TICKET_TOLERANCE = 2.0  # accuracy points below dense that still count as "matching" the dense network
+COLLAPSE_DROP = 10.0  # points below dense: the cliff every network of a configuration falls off together
 CURVE_TARGETS = (100.0, 50.0, 20.0, 5.0)  # remaining % of the learning curves shown, plus the sparsest
 METRICS = [column for column in RESULT_COLUMNS if column not in ("round", "remaining", "diverged")]
 FIGURES = {
@@ -137,9 +138,17 @@ def ticket_range(accuracy: pd.Series, remaining: pd.Series, dense: float,
     return sparsest
 
 
+def before_collapse(accuracy: pd.Series) -> pd.Index:
+    """The rounds from dense down to the last at which `accuracy` (indexed by round) is within `COLLAPSE_DROP`
+    points of its dense value: where a comparison means something, unlike the levels where all sit near chance."""
+    return accuracy.index[accuracy.index <= ticket_range(accuracy, accuracy.index.to_series(),
+                                                         accuracy.get(0, math.nan), tolerance=COLLAPSE_DROP)]
+
+
 def compare_sparsest(first: pd.DataFrame, second: pd.DataFrame) -> tuple[float, float, float]:
-    """(remaining %, first's and second's mean test accuracy) at the sparsest round both reached."""
-    common = first["test_acc_mean"].dropna().index.intersection(second["test_acc_mean"].dropna().index)
+    """(remaining %, first's and second's mean test accuracy) at the sparsest round both reached before `first`
+    collapses (`before_collapse`)."""
+    common = before_collapse(first["test_acc_mean"].dropna()).intersection(second["test_acc_mean"].dropna().index)
     if common.empty:
         return math.nan, math.nan, math.nan
     last = common.max()
@@ -272,7 +281,8 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         "## Study summary",
         f"*Winning-ticket range*: the sparsest remaining % such that every round of the winning ticket from dense "
         f"down to it has mean test accuracy ≥ dense − {TICKET_TOLERANCE:g} points. *Rewind vs reinit* and "
-        "*magnitude vs random* compare mean test accuracy at the sparsest level both strategies reached; "
+        "*magnitude vs random* compare mean test accuracy at the sparsest level both strategies reached before "
+        f"the winning ticket collapses (falls more than {COLLAPSE_DROP:g} points below dense); "
         "empty cells: that strategy has no finished round. Table: [summary.csv](summary.csv).",
         summary_markdown(summary),
     ]

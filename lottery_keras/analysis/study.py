@@ -30,14 +30,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from lottery_keras.analysis import report
-from lottery_keras.analysis.report import Run, TICKET_TOLERANCE, color_of, label_of, ticket_range
+from lottery_keras.analysis.report import COLLAPSE_DROP, TICKET_TOLERANCE, Run, color_of, label_of, ticket_range
 from lottery_keras.config import preset_of
 from lottery_keras.lottery import strategies
 from lottery_keras.lottery.strategies import (RANDOM_PRUNING_CONTROL, REINIT_CHAIN, REINIT_CONTROL,
                                               WINNING_TICKET as TICKET)
 from lottery_keras.storage import atomic_path, write_csv
 
-COLLAPSE_DROP = 10.0  # points below dense: the cliff every network of a configuration falls off together
 COMPARISONS = {  # name → the control the winning ticket is held against
     "rewind vs random reinit (paper)": REINIT_CONTROL,
     "rewind vs reinit chain (ES667)": REINIT_CHAIN,
