@@ -135,6 +135,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="fused C++ conv-ReLU-pool kernels (CPU)")
     plan.add_argument("--sparse-kernels", action=argparse.BooleanOptionalAction,
                       help="train sparse rounds of LeNet-300-100 on the native sparse kernels (CPU)")
+    plan.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                      help="run trials side by side on N local worker processes (needs Ray; one thread each)")
+    plan.add_argument("--ray-address", metavar="ADDR",
+                      help="run trials on an existing Ray cluster (its nodes must share --output-dir)")
     plan.add_argument("--batch-shards", type=_positive_int, metavar="N",
                       help="split each batch into N shards that run side by side")
     plan.add_argument("--threads", type=_positive_int, metavar="N", help="threads per TensorFlow operation")
@@ -221,8 +225,10 @@ def command_run(args: argparse.Namespace) -> int:
         batch_shards=args.batch_shards, threads=args.threads))
     if not args.quiet:
         print(f"execution plan: {plan.describe()}")
+        if args.workers > 1 or args.ray_address:
+            print(f"trials on {args.ray_address or f'{args.workers} local'} Ray worker(s), one thread each")
     options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,
-                                    verbose=not args.quiet)
+                                    verbose=not args.quiet, workers=args.workers, ray_address=args.ray_address)
     folder = controller.run_experiment(experiment, args.output_dir, args.data_dir, options)
     print(f"\nResults in {folder.directory} (mean over its finished trials):")
     print(controller.summary_table(folder).to_string())

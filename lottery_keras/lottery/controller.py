@@ -90,6 +90,16 @@ class RunOptions:
     check_tfmot: bool = True
     plan: execution.ExecutionPlan | None = None
     verbose: bool = True
+    workers: int = 1  # above 1: trials run side by side on that many local Ray workers (`parallel.py`)
+    ray_address: str | None = None  # an existing Ray cluster to run the trials on instead
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {self.workers}")
+
+    @property
+    def parallel(self) -> bool:
+        return self.workers > 1 or self.ray_address is not None
 
 
 class TrialRun:
@@ -283,8 +293,16 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
         folder.write_config(experiment, data_source=splits.source)
         if options.verbose:
             print(f"data: {experiment.dataset} from {splits.source}")
-        for trial in options.trials:
-            TrialRun(experiment, splits, folder, trial, options).run(names)
+        if options.parallel:
+            from lottery_keras.lottery import parallel
+
+            parallel.run_trials(experiment, folder.directory, data_dir, options, names)
+            for trial in options.trials:
+                for name in names:
+                    folder.refresh_results(trial, name)
+        else:
+            for trial in options.trials:
+                TrialRun(experiment, splits, folder, trial, options).run(names)
     return folder
 
 
