@@ -76,7 +76,7 @@ def test_a_layer_with_no_surviving_weight_still_trains_its_bias():
 
 def test_the_plan_runs_sparse_rounds_on_the_kernels_and_dense_rounds_on_the_loop(mnist_small):
     plan = execution.decide("lenet300_100", device="cpu")
-    assert plan.sparse_kernels and "sparse kernels below 20% density" in plan.describe()
+    assert plan.sparse_kernels and "sparse kernels below 15% density" in plan.describe()
     for density, engine in ((0.5, "dense"), (0.1, "sparse")):
         model = masked_lenet(density, mnist_small.input_shape)
         trainer = Trainer(model, mnist_small.x_train, mnist_small.y_train, batch_size=60, plan=plan)

@@ -7,7 +7,7 @@ compiled loop's exact batch order), and writes the weights back into the Keras m
 at it, so early stopping, evaluation and saved tickets are unchanged. Pruned weights stay exactly 0: they are not
 stored. Results equal the dense path's up to float summation order (tests/test_sparse.py). The execution plan
 chooses it for a round when the network's density is below `plan.SPARSE_BELOW_PERCENT`, set from the crossover
-benchmarks/bench_sparse.py measured on the project's 2-core CPU.
+benchmarks/bench_sparse.py measured on the project's 2-core CPUs.
 """
 
 from __future__ import annotations
@@ -76,6 +76,14 @@ class SparseMlpTrainer:
         self.y = tf.constant(y_train, tf.int32)
         self.num_samples = int(x_train.shape[0])
         self.steps_per_epoch = steps_per_epoch(self.num_samples, batch_size)
+        self._permutation_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _permutation(self, seed: int, epoch: int) -> np.ndarray:
+        """One epoch's sample order, kept while its epoch spans two calls (an argsort of the training set)."""
+        key = (seed, epoch)
+        if key not in self._permutation_cache:
+            self._permutation_cache = {key: epoch_permutation(seed, epoch, self.num_samples).numpy()}
+        return self._permutation_cache[key]
 
     def batches(self, seed: int, first_step: int, num_steps: int) -> np.ndarray:
         """The sample indices [steps, batch] of steps first_step …, exactly as `loop.CompiledLoop` draws them."""
@@ -83,7 +91,7 @@ class SparseMlpTrainer:
         epochs, positions = np.divmod(steps, self.steps_per_epoch)
         out = np.empty((num_steps, self.batch_size), np.int32)
         for epoch in np.unique(epochs):
-            permutation = epoch_permutation(seed, int(epoch), self.num_samples).numpy()
+            permutation = self._permutation(seed, int(epoch))
             chosen = epochs == epoch
             starts = positions[chosen] * self.batch_size
             out[chosen] = permutation[starts[:, None] + np.arange(self.batch_size)]
