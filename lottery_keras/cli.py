@@ -74,7 +74,17 @@ def _trials(text: str) -> tuple[int, ...]:
 _rate = _checked(float, lambda v: 0.0 < v < 1.0, "is not a fraction strictly between 0 and 1 (e.g. 0.2 for 20%)")
 _positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
+_natural = _checked(int, lambda v: v >= 0, "must be 0 or more")
 _folder = _checked(str, lambda v: v.strip() != "", "must name a folder (an empty path would mean the current one)")
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    """A comma-separated list of training steps, e.g. `20000,30000`."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of steps (e.g. 20000,30000)") \
+            from None
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +125,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument("--precision", choices=PRECISIONS)
     protocol.add_argument("--train-subset", type=_positive_int, metavar="N",
                           help="train on the first N training samples only (smoke runs)")
+    protocol.add_argument("--rewind-iteration", type=_natural, metavar="K",
+                          help="late rewinding: survivors rewind to the dense round's weights after K steps, and "
+                               "train the remaining steps (default 0: θ0)")
+    protocol.add_argument("--warmup", type=_natural, dest="warmup_iterations", metavar="STEPS",
+                          help="linear learning-rate warm-up over the first STEPS steps")
+    protocol.add_argument("--lr-drops", type=_steps, metavar="S1,S2,…",
+                          help="steps at which the learning rate drops by --lr-drop-factor (step decay)")
+    protocol.add_argument("--lr-drop-factor", type=_positive_float, metavar="F", help="default 0.1")
 
     how = parser.add_argument_group("execution")
     how.add_argument("--data-dir", type=_folder, help="folder holding mnist/, fashion_mnist/, cifar10/ "
@@ -196,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _EXPERIMENT_FIELDS = ("rounds", "iterations", "batch_size", "learning_rate", "prune_rate", "prune_fc", "prune_conv",
                       "prune_output", "pruning_scope", "eval_every", "seed", "init", "augment", "precision",
-                      "train_subset")
+                      "train_subset", "rewind_iteration", "warmup_iterations", "lr_drops", "lr_drop_factor")
 
 
 def command_run(args: argparse.Namespace) -> int:

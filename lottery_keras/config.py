@@ -40,10 +40,15 @@ class Experiment:
     seed: int = 0
     precision: str = "float32"
     train_subset: int | None = None  # use only the first N training samples (smoke runs, tests)
+    rewind_iteration: int = 0  # survivors rewind to θ_K, the dense round's weights after K steps (0: θ0)
+    warmup_iterations: int = 0  # linear learning-rate warm-up over the first steps
+    lr_drops: tuple[int, ...] = ()  # steps at which the learning rate is multiplied by lr_drop_factor
+    lr_drop_factor: float = 0.1
 
     def __post_init__(self):
         object.__setattr__(self, "dataset", canonical_name(self.dataset))
         object.__setattr__(self, "arch", canonical_arch(self.arch))
+        object.__setattr__(self, "lr_drops", tuple(int(step) for step in self.lr_drops))  # a list, from JSON
         train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train subset must be at least 1 sample, not {self.train_subset}")
@@ -62,6 +67,16 @@ class Experiment:
                              f"round to 0 in float32, not {self.learning_rate}")
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"--seed must lie in 0 … 2**31 − 1, not {self.seed}")
+        if not 0 <= self.rewind_iteration < self.iterations:
+            raise ValueError(f"--rewind-iteration must lie in 0 … {self.iterations - 1} (the dense round's steps), "
+                             f"not {self.rewind_iteration}")
+        if not 0 <= self.warmup_iterations <= self.iterations:
+            raise ValueError(f"--warmup must lie in 0 … {self.iterations} iterations, not {self.warmup_iterations}")
+        if list(self.lr_drops) != sorted(set(self.lr_drops)) or not all(0 < s < self.iterations for s in self.lr_drops):
+            raise ValueError(f"--lr-drops must be increasing steps between 1 and {self.iterations - 1}, not "
+                             f"{','.join(map(str, self.lr_drops))}")
+        if not 0 < self.lr_drop_factor <= 1:
+            raise ValueError(f"--lr-drop-factor must lie in (0, 1], not {self.lr_drop_factor}")
         if self.init not in INITIALIZERS:
             raise ValueError(f"unknown init {self.init!r}; choose one of: {', '.join(INITIALIZERS)}")
         if self.pruning_scope not in PRUNING_SCOPES:
@@ -76,6 +91,7 @@ class Experiment:
     @property
     def hash(self) -> str:
         unused = {"rounds"} | ({"prune_conv", "prune_output"} if self.pruning_scope == "global" else set())
+        unused |= {name for name, default in _LATER_FIELDS.items() if getattr(self, name) == default}
         hashed = {key: value for key, value in self.to_dict().items() if key not in unused}
         return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -87,6 +103,10 @@ class Experiment:
     def rates_by_kind(self) -> dict[str, float]:
         """Pruning rate per layer kind ('fc', 'conv', 'output', as the models declare them); layerwise scope."""
         return {"fc": self.prune_fc, "conv": self.prune_conv, "output": self.prune_output}
+
+
+# Fields added after runs were published: left out of the hash at their defaults, so those runs keep their names.
+_LATER_FIELDS = {"rewind_iteration": 0, "warmup_iterations": 0, "lr_drops": (), "lr_drop_factor": 0.1}
 
 
 def _steps_per_epoch(dataset: str, batch_size: int) -> int:

@@ -16,6 +16,8 @@ import pytest
 
 from lottery_keras import cli, config, data
 from lottery_keras.lottery import controller as imp
+from lottery_keras.analysis.report import write_report
+from lottery_keras.lottery import pruning
 from lottery_keras.lottery.paths import RunFolder
 from lottery_keras.lottery.strategies import STRATEGIES
 from lottery_keras.storage import read_json, read_npz
@@ -125,6 +127,68 @@ def test_reinit_chain_prunes_its_own_trained_weights_and_starts_fresh(finished_t
         assert np.all(w[new[name] == 0] == 0)
 
 
+def test_lr_rewind_and_finetune_start_from_the_trained_weights_and_coincide_at_a_constant_rate(finished_trial):
+    run_dir, _ = finished_trial
+    unit = RunFolder(run_dir).unit
+    for r in (1, 2):
+        masks = read_npz(unit(0, "lr_rewind", r).masks)
+        _, previous = kernels(unit(0, "lr_rewind", r - 1).ticket_trained)
+        _, start = kernels(unit(0, "lr_rewind", r).ticket_init)
+        for name, w in start.items():
+            np.testing.assert_array_equal(w, previous[name] * masks[name])
+        lr_rewind, finetune = (read_json(unit(0, name, r).metrics) for name in ("lr_rewind", "finetune"))
+        for timing in ("train_seconds", "engine"):
+            lr_rewind.pop(timing), finetune.pop(timing)
+        assert lr_rewind == finetune  # es667's rate is constant: the same computation
+
+
+def test_oneshot_prunes_the_dense_round_straight_to_each_level(finished_trial):
+    run_dir, trial = finished_trial
+    unit = RunFolder(run_dir).unit
+    _, dense = kernels(unit(0, "magnitude_rewind", 0).ticket_trained)
+    ones = {name: np.ones_like(w) for name, w in dense.items()}
+    for r in (1, 2):
+        want = pruning.magnitude_prune(dense, ones, pruning.layerwise_counts(ones, trial.rates, r))
+        got = read_npz(unit(0, "oneshot", r).masks)
+        for name in dense:
+            np.testing.assert_array_equal(got[name], want[name])
+        _, start = kernels(unit(0, "oneshot", r).ticket_init)
+        _, theta0 = kernels(unit(0, "magnitude_rewind", 0).ticket_init)
+        for name, w in start.items():
+            np.testing.assert_array_equal(w, theta0[name] * got[name])
+    ticket = read_npz(unit(0, "magnitude_rewind", 2).masks)  # iterative pruning chooses other weights by round 2
+    assert any(not np.array_equal(ticket[name], read_npz(unit(0, "oneshot", 2).masks)[name]) for name in ticket)
+
+
+def test_late_rewinding_and_a_step_schedule(tmp_path):
+    """--rewind-iteration 30: survivors restart from the dense round's weights after 30 steps and train the
+    other 30; with a drop at step 30, fine-tuning (at the final rate) and LR rewinding differ."""
+    experiment = tiny_experiment(rounds=2, rewind_iteration=30, lr_drops=(30,), lr_drop_factor=0.5)
+    assert experiment.run_name != tiny_experiment().run_name
+    names = ["magnitude_rewind", "lr_rewind", "finetune"]
+    imp.run_experiment(experiment, tmp_path, options=imp.RunOptions(strategies=names, verbose=False))
+    unit = RunFolder.for_experiment(experiment, tmp_path).unit
+    theta_k = read_npz(unit(0, "magnitude_rewind", 0).rewind_point)
+    theta0 = read_npz(RunFolder.for_experiment(experiment, tmp_path).theta0(0))
+    model, start = kernels(unit(0, "magnitude_rewind", 1).ticket_init)
+    masks = read_npz(unit(0, "magnitude_rewind", 1).masks)
+    for layer in model.masked_layers():
+        path = layer.kernel.path
+        assert not np.allclose(theta_k[path], theta0[path])
+        np.testing.assert_array_equal(start[layer.name], theta_k[path] * masks[layer.name])
+    assert read_json(unit(0, "magnitude_rewind", 1).metrics)["es_iteration"] == 30  # 30 steps after K, one eval
+    lr_rewind, finetune = (read_json(unit(0, name, 1).metrics) for name in ("lr_rewind", "finetune"))
+    assert lr_rewind["val_loss"] != finetune["val_loss"]
+    text = (write_report([RunFolder.for_experiment(experiment, tmp_path).directory]) / "report.md").read_text()
+    assert "×0.5 at steps 30; rewind to step 30" in text and "same computation" not in text
+
+
+def test_the_report_says_when_lr_rewinding_and_finetuning_coincide(finished_trial, tmp_path):
+    run_dir, _ = finished_trial
+    text = (write_report([run_dir], tmp_path) / "report.md").read_text()
+    assert "the learning rate is constant, so *LR rewinding*" in text and "lr schedule" not in text
+
+
 def test_random_rewind_masks_are_independent_of_the_magnitude_masks(finished_trial):
     run_dir, _ = finished_trial
     magnitude = read_npz(RunFolder(run_dir).unit(0, "magnitude_rewind", 2).directory / "masks.npz")
@@ -226,6 +290,12 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
     (["--dataset", "mnist", "--arch", "lenet5", "--prune-rate", "1e-300"], "round to 0 in float32"),
     (["--dataset", "mnist", "--arch", "lenet5", "--seed", "-1"], "--seed must lie in 0"),
     (["--dataset", "mnist", "--arch", "lenet5", "--seed", str(2**40)], "--seed must lie in 0"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--rewind-iteration", "40000"], "--rewind-iteration must lie in 0"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--rewind-iteration", "-5"], "must be 0 or more"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--warmup", "50000"], "--warmup must lie in 0"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr-drops", "30000,20000"], "--lr-drops must be increasing"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr-drops", "20k"], "not a comma-separated list of steps"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--lr-drop-factor", "2"], "--lr-drop-factor must lie in (0, 1]"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(args, message, capsys):
     try:

@@ -15,6 +15,7 @@ from lottery_keras.storage import read_json
 from lottery_keras.train import plan as execution
 from lottery_keras.train import sparse
 from lottery_keras.train.loop import Trainer, compile_model
+from lottery_keras.train.schedule import LearningRateSchedule
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler to build the native kernels")
 
@@ -50,12 +51,27 @@ def test_sparse_steps_train_the_same_weights_as_the_dense_loop(mnist_small, dens
     assert int(sparse_twin.optimizer.iterations.numpy()) == 150
 
 
-def steps_with(row_ptr: list[int], cols: list[int], step0=0):
+def test_sparse_steps_follow_the_schedule_and_the_rewind_offset_as_the_dense_loop(mnist_small):
+    """Warm-up, a drop and a start 50 steps into the sample order: both paths take the same steps."""
+    x, y = mnist_small.x_train, mnist_small.y_train
+    dense, sparse_twin = masked_lenet(0.1, mnist_small.input_shape), masked_lenet(0.1, mnist_small.input_shape)
+    schedule = LearningRateSchedule(2e-3, warmup=40, drops=(90,), factor=0.2)
+    Trainer(dense, x, y, batch_size=60, plan=execution.ExecutionPlan(jit_compile=True)).train(
+        100, 50, 11, schedule=schedule, step_offset=50)
+    sparse.SparseMlpTrainer(sparse_twin, x, y, 60).train(100, 50, 11, schedule=schedule, step_offset=50)
+    for want, got in zip(weights(dense), weights(sparse_twin)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=5e-5 * float(np.abs(want).max()))  # a higher rate
+    for model in (dense, sparse_twin):  # the rate of the last step taken, step 149: after the drop
+        assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(4e-4)
+
+
+def steps_with(row_ptr: list[int], cols: list[int], step0=0, rates=(1e-3,)):
     """One step of a 3-input, 2-output single-layer network with the given CSR structure."""
     x, y = np.ones((4, 3), np.float32), np.zeros(4, np.int32)
     values, bias = np.ones(len(cols), np.float32), np.zeros(2, np.float32)
     return native.native_ops().lottery_sparse_mlp_steps(
-        x, y, np.zeros((1, 2), np.int32), np.array(step0, np.int64), np.float32(1e-3), [np.array(row_ptr, np.int32)],
+        x, y, np.zeros((1, 2), np.int32), np.array(step0, np.int64), np.array(rates, np.float32),
+        [np.array(row_ptr, np.int32)],
         [np.array(cols, np.int32)], [values], [bias], [np.zeros_like(values)], [np.zeros_like(values)],
         [np.zeros_like(bias)], [np.zeros_like(bias)])
 
@@ -65,8 +81,10 @@ def test_the_kernels_refuse_a_structure_that_does_not_fit():
         steps_with([0, 1, 1, 1], [5])
     with pytest.raises(tf.errors.InvalidArgumentError, match="must hold its 3 input rows"):
         steps_with([0, 1], [0])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="step0 and learning_rate must be scalars"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="step0 must be a scalar"):
         steps_with([0, 1, 1, 1], [0], step0=[0, 1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one rate per step"):
+        steps_with([0, 1, 1, 1], [0], rates=(1e-3, 1e-3))
 
 
 def test_a_layer_with_no_surviving_weight_still_trains_its_bias():

@@ -195,8 +195,31 @@ def trials_table(runs: list[Run]) -> pd.DataFrame:
                                        "sparsest remaining %"])
 
 
+def schedule_text(experiment) -> str:
+    """The learning-rate schedule and rewind point when not the presets' constant rate and θ0 ('' otherwise)."""
+    parts = []
+    if experiment.warmup_iterations:
+        parts.append(f"warm-up {experiment.warmup_iterations} steps")
+    if experiment.lr_drops:
+        parts.append(f"×{experiment.lr_drop_factor:g} at steps {', '.join(map(str, experiment.lr_drops))}")
+    if experiment.rewind_iteration:
+        parts.append(f"rewind to step {experiment.rewind_iteration}")
+    return "; ".join(parts)
+
+
+def coinciding_note(runs: list[Run], rounds: pd.DataFrame) -> list[str]:
+    """Says so when LR rewinding and fine-tuning ran at a constant rate, where they are the same computation."""
+    present = set(rounds["strategy"])
+    constant = [run.label for run in runs if not (run.experiment.warmup_iterations or run.experiment.lr_drops)]
+    if {strategies.LR_REWIND, strategies.FINETUNE} <= present and constant:
+        return [f"> **Note.** {', '.join(constant)}: the learning rate is constant, so *LR rewinding* (the schedule "
+                "from its start) and *fine-tuning* (its final rate) are the same computation and give the same "
+                "rows; a warm-up or step decay (`--warmup`, `--lr-drops`) tells them apart."]
+    return []
+
+
 def protocol_table(runs: list[Run]) -> pd.DataFrame:
-    return pd.DataFrame([{
+    table = pd.DataFrame([{
         "run": run.label, "dataset": run.experiment.dataset, "arch": run.experiment.arch,
         "init": run.experiment.init, "lr (Adam)": f"{run.experiment.learning_rate:g}",
         "batch": run.experiment.batch_size, "iterations": run.experiment.iterations,
@@ -204,8 +227,12 @@ def protocol_table(runs: list[Run]) -> pd.DataFrame:
         "prune fc/conv/output": "/".join(f"{rate:g}" for rate in run.experiment.rates_by_kind.values()),
         "scope": run.experiment.pruning_scope, "augment": run.experiment.augment,
         "train subset": run.experiment.train_subset or "all", "seed": run.experiment.seed,
-        "hash": run.folder.hash,
+        "hash": run.folder.hash, "schedule": schedule_text(run.experiment),
     } for run in runs])
+    schedule = table.pop("schedule")
+    if schedule.any():  # a column only where a run has one
+        table.insert(table.columns.get_loc("hash"), "lr schedule / rewind", schedule)
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -252,7 +279,9 @@ def report_title(runs: list[Run]) -> str:
                 f"{exp.init} init · Adam lr {exp.learning_rate:g} · batch {exp.batch_size} · "
                 f"{exp.iterations} iterations per round · evaluation every {exp.eval_every} · pruning "
                 f"fc/conv/output {exp.prune_fc:g}/{exp.prune_conv:g}/{exp.prune_output:g} ({exp.pruning_scope}) · "
-                f"{exp.rounds} rounds planned · run `{runs[0].folder.directory.name}`")
+                f"{exp.rounds} rounds planned · "
+                + (f"{schedule_text(exp)} · " if schedule_text(exp) else "")
+                + f"run `{runs[0].folder.directory.name}`")
     return "# Lottery-ticket report: " + ", ".join(run.label for run in runs)
 
 
@@ -278,6 +307,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         + "; ".join(f"`{name}` = {label_of(name)}" for name in strategies.ordered(rounds["strategy"])) + ".",
         "## Protocol", markdown_table(protocol_table(runs)),
         "## Trials and rounds done", markdown_table(trials_table(runs)), *diverged_note(rounds),
+        *coinciding_note(runs, rounds),
         "## Study summary",
         f"*Winning-ticket range*: the sparsest remaining % such that every round of the winning ticket from dense "
         f"down to it has mean test accuracy ≥ dense − {TICKET_TOLERANCE:g} points. *Rewind vs reinit* and "

@@ -30,8 +30,9 @@ from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
                                    write_csv, write_json, write_npz)
 from lottery_keras.train import plan as execution
-from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar
+from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar, WeightsAt
 from lottery_keras.train.loop import Trainer, compile_model
+from lottery_keras.train.schedule import LearningRateSchedule
 
 
 class ChainStopped(Exception):
@@ -115,6 +116,8 @@ class TrialRun:
         self.layer_names = [layer.name for layer in self.model.masked_layers()]
         self.rates = {name: experiment.rates_by_kind[kind] for name, kind in self.model.layer_kinds().items()}
         self.theta0 = self._load_or_save_theta0()
+        self.schedule = LearningRateSchedule(experiment.learning_rate, experiment.warmup_iterations,
+                                             experiment.lr_drops, experiment.lr_drop_factor)
         self.trainer = Trainer(self.model, splits.x_train, splits.y_train, batch_size=experiment.batch_size,
                                augment=experiment.augment, plan=plan)
 
@@ -157,7 +160,7 @@ class TrialRun:
             self._copy_unit(needed[strategy.dense_round_from, 0], unit)
         else:
             self._train_round(strategy, unit, self._masks(strategy, round_index, needed),
-                              self._start_weights(strategy, round_index))
+                              self._start_weights(strategy, round_index, needed))
         self.folder.refresh_results(self.trial, name)
         return unit
 
@@ -182,6 +185,8 @@ class TrialRun:
             return {layer.name: np.ones(layer.mask.shape, np.float32) for layer in self.model.masked_layers()}
         if strategy.masks == "borrowed":
             return needed[strategy.masks_from, round_index].read_masks()
+        if strategy.masks == "oneshot":
+            return self._oneshot_masks(needed[strategy.dense_round_from, 0], round_index)
         previous = needed[strategy.name, round_index - 1]
         old_masks = previous.read_masks()
         if strategy.masks == "magnitude":
@@ -190,17 +195,25 @@ class TrialRun:
         return self._random_masks(old_masks, round_index, reference)
 
     def _magnitude_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
-        try:
-            trained = load_ticket(previous.ticket_trained)
-        except TicketError as err:
-            raise DamagedFileError(f"{err}; {previous.redo_hint()}") from None
-        kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in trained.masked_layers()}
+        kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel)
+                   for layer in self._trained_model(previous).masked_layers()}
         if self.exp.pruning_scope == "global":
             return pruning.global_magnitude_prune(kernels, old_masks, self.exp.prune_fc, round_index)
         counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
         new_masks = pruning.magnitude_prune(kernels, old_masks, counts)
         self._cross_check(old_masks, new_masks, round_index, kernels)
         return new_masks
+
+    def _oneshot_masks(self, dense: Unit, round_index: int) -> pruning.Masks:
+        """The dense round's trained weights pruned once to the level `round_index` prunings reach."""
+        ones = {name: np.ones_like(mask) for name, mask in dense.read_masks().items()}
+        return self._magnitude_masks(dense, ones, round_index)
+
+    def _trained_model(self, unit: Unit) -> MaskedModel:
+        try:
+            return load_ticket(unit.ticket_trained)
+        except TicketError as err:
+            raise DamagedFileError(f"{err}; {unit.redo_hint()}") from None
 
     def _random_masks(self, old_masks: pruning.Masks, round_index: int, reference: Unit | None) -> pruning.Masks:
         if self.exp.pruning_scope == "global":  # match the reference's per-layer counts at this level
@@ -233,11 +246,26 @@ class TrialRun:
         write_npz(path, theta0)
         return theta0
 
-    def _start_weights(self, strategy: Strategy, round_index: int) -> dict[str, np.ndarray]:
+    def _start_weights(self, strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]
+                       ) -> dict[str, np.ndarray]:
         if strategy.start == "theta0":
-            return self.theta0
+            return self._rewind_point() if round_index and self.exp.rewind_iteration else self.theta0
+        if strategy.start == "trained":
+            trained = self._trained_model(needed[strategy.name, round_index - 1])
+            return {own.path: keras.ops.convert_to_numpy(value)  # saved models name their variables anew
+                    for own, value in zip(self.model.trainable_weights, trained.trainable_weights)}
         fresh = self._build(derived_seed(self.seed, round_index, "reinit"))
         return {v.path: keras.ops.convert_to_numpy(v) for v in fresh.trainable_weights}
+
+    def _rewind_point(self) -> dict[str, np.ndarray]:
+        """θ_K, kept by the dense round of the winning ticket (from θ0) under late rewinding."""
+        dense = self.ensure_round(strategies.WINNING_TICKET, 0)
+        if dense.read_metrics().get("diverged"):
+            raise ChainStopped("the dense round diverged, so it has no rewind point (a lower --lr may help)")
+        try:
+            return read_npz(dense.rewind_point)
+        except (DamagedFileError, FileNotFoundError) as err:
+            raise DamagedFileError(f"{err}; {dense.redo_hint()}") from None
 
     def _set_start(self, weights: dict[str, np.ndarray], masks: pruning.Masks) -> None:
         for variable in self.model.trainable_weights:
@@ -251,18 +279,28 @@ class TrialRun:
         self._set_start(start, masks)
         remaining = pruning.remaining_percent(masks)
         save_ticket(self.model, self.splits.input_shape, unit.ticket_init)
+        rewound = strategy.start == "theta0" and unit.round > 0
+        offset = self.exp.rewind_iteration if rewound else 0  # a late rewind trains the steps after K
+        iterations = self.exp.iterations - offset
         recorder = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
-                                     eval_every=self.exp.eval_every, iterations=self.exp.iterations,
+                                     eval_every=self.exp.eval_every, iterations=iterations,
                                      train=(self.splits.x_train, self.splits.y_train))
         callbacks = [recorder]
+        rewind_point = WeightsAt(self.exp.rewind_iteration)
+        keep_rewind_point = strategy.start == "theta0" and unit.round == 0 and self.exp.rewind_iteration > 0
+        if keep_rewind_point:
+            callbacks.append(rewind_point)
         if self.options.verbose:
             label = (f"trial {self.trial} · {strategy.name} · round {unit.round + 1}/{self.exp.rounds} · "
                      f"{remaining:.2f}% of weights remaining")
             callbacks.append(ProgressBar(recorder, label))
         started = time.perf_counter()
-        self.trainer.train(self.exp.iterations, self.exp.eval_every, derived_seed(self.seed, unit.round, "data"),
-                           callbacks)
+        self.trainer.train(iterations, self.exp.eval_every, derived_seed(self.seed, unit.round, "data"), callbacks,
+                           schedule=self.schedule.final() if strategy.final_rate else self.schedule,
+                           step_offset=offset, pause_at=[self.exp.rewind_iteration] if keep_rewind_point else [])
         seconds = time.perf_counter() - started
+        if keep_rewind_point and rewind_point.weights is not None:  # None: diverged before step K
+            write_npz(unit.rewind_point, rewind_point.weights)
         save_ticket(self.model, self.splits.input_shape, unit.ticket_trained)
         write_npz(unit.masks, masks)
         write_csv(unit.history, recorder.history_frame())

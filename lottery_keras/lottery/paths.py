@@ -37,6 +37,7 @@ RESULTS = "results.csv"
 TICKET_INIT = "ticket_init.keras"
 TICKET_TRAINED = "ticket_trained.keras"
 MASKS = "masks.npz"
+REWIND_POINT = "rewind_point.npz"  # θ_K, kept by a dense round from θ0 under late rewinding
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 REPORT = "report"
@@ -87,6 +88,10 @@ class Unit:
     @property
     def masks(self) -> Path:
         return self.directory / MASKS
+
+    @property
+    def rewind_point(self) -> Path:
+        return self.directory / REWIND_POINT
 
     @property
     def history(self) -> Path:

@@ -8,9 +8,14 @@ Masks (round 0 is always the dense network, every mask all ones):
 - `magnitude`: prune the smallest surviving weights of the strategy's own previous round, once trained;
 - `random`: prune random survivors of its own previous round (the same per-layer counts as magnitude pruning;
   under global pruning, the counts of `counts_from` at the same round);
-- `borrowed`: the masks of `masks_from` at the same round.
-Start: `theta0` rewinds to the trial's initial weights θ0; `reinit` draws fresh weights every round (the same
-draw for every `reinit` strategy at a round, so the two reinitialisation controls differ only in their masks).
+- `borrowed`: the masks of `masks_from` at the same round;
+- `oneshot`: prune the dense round's trained weights (of `dense_round_from`) once, straight to the round's level.
+Start: `theta0` rewinds to the trial's initial weights θ0 (or, with `--rewind-iteration K`, to θ_K, the dense
+round's weights after K steps, and trains the remaining steps); `reinit` draws fresh weights every round (the same
+draw for every `reinit` strategy at a round, so the two reinitialisation controls differ only in their masks);
+`trained` keeps the previous round's trained weights (Renda et al. 2020). Rounds train with the configured
+learning-rate schedule from its start, or, with `final_rate`, at the rate it ends at (fine-tuning). With a
+constant rate, as in both presets, `lr_rewind` and `finetune` are the same computation.
 
 The two reinitialisation controls answer different questions. The paper's (`magnitude_random`) trains the winning
 ticket's own masks from a fresh init: is it the masks or the weights? The ES667 study's (`reinit_chain`) is a
@@ -22,8 +27,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-MASK_SOURCES = ("magnitude", "random", "borrowed")
-STARTS = ("theta0", "reinit")
+MASK_SOURCES = ("magnitude", "random", "borrowed", "oneshot")
+STARTS = ("theta0", "reinit", "trained")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +41,15 @@ class Strategy:
     masks_from: str | None = None  # `borrowed` masks: whose
     counts_from: str | None = None  # `random` masks under global pruning: whose per-layer counts
     dense_round_from: str | None = None  # round 0 is the same computation as this strategy's round 0: copied
+    final_rate: bool = False  # train at the schedule's final learning rate (fine-tuning)
 
     def __post_init__(self):
         if self.masks not in MASK_SOURCES or self.start not in STARTS:
             raise ValueError(f"strategy {self.name}: masks must be one of {MASK_SOURCES}, start one of {STARTS}")
         if (self.masks == "borrowed") != (self.masks_from is not None):
             raise ValueError(f"strategy {self.name}: borrowed masks, and only they, need masks_from")
+        if self.masks == "oneshot" and self.dense_round_from is None:
+            raise ValueError(f"strategy {self.name}: one-shot masks prune the dense round of dense_round_from")
 
     def dependencies(self, round_index: int, pruning_scope: str = "layerwise") -> list[tuple[str, int]]:
         """The (strategy, round) units of the same trial that must be finished before this round can run."""
@@ -49,6 +57,8 @@ class Strategy:
             return [(self.dense_round_from, 0)] if self.dense_round_from else []
         if self.masks == "borrowed":
             return [(self.masks_from, round_index)]
+        if self.masks == "oneshot":
+            return [(self.dense_round_from, 0)]
         own = [(self.name, round_index - 1)]
         if self.masks == "random" and pruning_scope == "global" and self.counts_from:
             own.append((self.counts_from, round_index))
@@ -59,6 +69,9 @@ WINNING_TICKET = "magnitude_rewind"
 REINIT_CONTROL = "magnitude_random"
 RANDOM_PRUNING_CONTROL = "random_rewind"
 REINIT_CHAIN = "reinit_chain"
+LR_REWIND = "lr_rewind"
+FINETUNE = "finetune"
+ONESHOT = "oneshot"
 
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
     Strategy(WINNING_TICKET, "winning ticket", "tab:blue", masks="magnitude", start="theta0"),
@@ -68,6 +81,12 @@ STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
              counts_from=WINNING_TICKET, dense_round_from=WINNING_TICKET),
     Strategy(REINIT_CHAIN, "reinit chain (ES667)", "tab:red", masks="magnitude", start="reinit",
              dense_round_from=REINIT_CONTROL),
+    Strategy(LR_REWIND, "LR rewinding", "tab:purple", masks="magnitude", start="trained",
+             dense_round_from=WINNING_TICKET),
+    Strategy(FINETUNE, "fine-tuning", "tab:brown", masks="magnitude", start="trained",
+             dense_round_from=WINNING_TICKET, final_rate=True),
+    Strategy(ONESHOT, "one-shot pruning", "tab:gray", masks="oneshot", start="theta0",
+             dense_round_from=WINNING_TICKET),
 )}
 
 

@@ -114,3 +114,17 @@ class ProgressBar(keras.callbacks.Callback):
         latest = self.recorder.history[-1] if self.recorder.history else {}
         values = [(key, latest[key]) for key in ("val_loss", "val_acc") if key in latest]
         self._bar.update(int(self.model.optimizer.iterations.numpy()), values=values)
+
+
+class WeightsAt(keras.callbacks.Callback):
+    """Keeps the trainable weights, by variable path, after step `step` (a late-rewinding point θ_K); train with
+    `pause_at=[step]` so that the compiled loop stops there."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+        self.weights: dict[str, np.ndarray] | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            self.weights = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights}

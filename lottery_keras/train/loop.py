@@ -29,7 +29,8 @@ from lottery_keras.nn.models import MaskedModel
 from lottery_keras.train import plan as execution
 from lottery_keras.train import sparse
 from lottery_keras.train.optimizers import FusedAdam
-from lottery_keras.train.schedule import chunk_ends, epoch_permutation, reset_optimizer, steps_per_epoch
+from lottery_keras.train.schedule import (LearningRateSchedule, chunk_ends, epoch_permutation, rate_at,
+                                          reset_optimizer, steps_per_epoch)
 
 
 def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-8) -> None:
@@ -72,11 +73,15 @@ class CompiledLoop:
         self._perm = tf.Variable(tf.zeros([self.num_samples], tf.int32), trainable=False)
         self._run = tf.function(self._run_steps, jit_compile=self.jit_compile)
 
-    def run(self, seed: int, first_step: int, num_steps: int) -> None:
-        """Run steps first_step … first_step + num_steps − 1 of the schedule keyed by `seed`."""
-        self._run(tf.constant(seed, tf.int64), tf.constant(first_step, tf.int64), tf.constant(num_steps, tf.int64))
+    def run(self, seed: int, first_step: int, num_steps: int, schedule: LearningRateSchedule | None = None) -> None:
+        """Run steps first_step … first_step + num_steps − 1 of the schedule keyed by `seed`, at the rates of
+        `schedule` (default: the optimizer's current rate)."""
+        if schedule is None:
+            schedule = LearningRateSchedule(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self._run(tf.constant(seed, tf.int64), tf.constant(first_step, tf.int64), tf.constant(num_steps, tf.int64),
+                  **schedule.tensors())
 
-    def _run_steps(self, seed, first_step, num_steps):
+    def _run_steps(self, seed, first_step, num_steps, base, warmup, drops, factor):
         spe = tf.constant(self.steps_per_epoch, tf.int64)
         self._perm.assign(epoch_permutation(seed, first_step // spe, self.num_samples))
         # A while loop on tensors, not tf.range: XLA would otherwise compile anew for every (first, count) pair.
@@ -91,6 +96,7 @@ class CompiledLoop:
             images = tf.gather(self.x, index)
             if self.augment:
                 images = augment_crop_flip(images, tf.stack([seed, step]))
+            self.model.optimizer.learning_rate.assign(rate_at(step, base, warmup, drops, factor))
             self.model.train_step((images, tf.gather(self.y, index)))
             step += 1
 
@@ -131,26 +137,38 @@ class Trainer:
         self.last_engine: str | None = None  # which path ran the last `train` call: 'dense' or 'sparse'
 
     def train(self, iterations: int, eval_every: int, seed: int,
-              callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
-        """Run `iterations` steps. Callbacks get `on_train_begin`, `on_train_batch_end` at least at every
-        multiple of `eval_every` and at the last step (`model.optimizer.iterations` says which step), and
-        `on_train_end`."""
+              callbacks: Sequence[keras.callbacks.Callback] = (), *, schedule: LearningRateSchedule | None = None,
+              step_offset: int = 0, pause_at: Sequence[int] = ()) -> None:
+        """Run `iterations` steps from a fresh optimizer. Callbacks get `on_train_begin`, `on_train_batch_end`
+        at least at every multiple of `eval_every`, at each step of `pause_at` and at the last step
+        (`model.optimizer.iterations` says which step), and `on_train_end`.
+
+        `schedule` gives each step's learning rate (default: the optimizer's rate, constant). With
+        `step_offset` K the steps are steps K … K + iterations − 1 of the sample order and of the schedule
+        (training resumed from a rewind point); the optimizer and the callbacks still count from 0."""
         if iterations < 1 or eval_every < 1:
             raise ValueError(f"iterations ({iterations}) and eval_every ({eval_every}) must be at least 1")
+        if schedule is None:
+            schedule = LearningRateSchedule(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         if self._sparse is not None and sparse.density_percent(self.model) < execution.SPARSE_BELOW_PERCENT:
             self.last_engine = "sparse"
-            return self._sparse.train(iterations, eval_every, seed, callbacks)
+            return self._sparse.train(iterations, eval_every, seed, callbacks, schedule=schedule,
+                                      step_offset=step_offset, pause_at=pause_at)
         self.last_engine = "dense"
         reset_optimizer(self.model)
         if self._compiled is None:
-            _train_with_fit(self.model, self.x_train, self.y_train, iterations, self.batch_size, seed, callbacks)
+            if step_offset:
+                raise ValueError("keras.Model.fit cannot start inside an epoch's sample order: train from a "
+                                 "rewind point with the compiled loop")
+            _train_with_fit(self.model, self.x_train, self.y_train, iterations, self.batch_size, seed,
+                            [_ScheduleRates(schedule), *callbacks])
             return
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=self.model)
         self.model.stop_training = False
         callback_list.on_train_begin()
         done = 0
-        for end in chunk_ends(iterations, eval_every):
-            self._compiled.run(seed, done, end - done)
+        for end in chunk_ends(iterations, eval_every, pause_at):
+            self._compiled.run(seed, step_offset + done, end - done, schedule)
             done = end
             callback_list.on_train_batch_end(done - 1, {})
             if self.model.stop_training:
@@ -164,6 +182,18 @@ def train(model: MaskedModel, x_train: np.ndarray, y_train: np.ndarray, *, itera
     """Train a compiled masked model once (see `Trainer` to train the same model repeatedly)."""
     Trainer(model, x_train, y_train, batch_size=batch_size, augment=augment, plan=plan).train(
         iterations, eval_every, seed, callbacks)
+
+
+class _ScheduleRates(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate before each step under `fit`, as the compiled loop does in its graph."""
+
+    def __init__(self, schedule: LearningRateSchedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self.model.optimizer.learning_rate.assign(self.schedule.at([step])[0])
 
 
 class _StopAfter(keras.callbacks.Callback):

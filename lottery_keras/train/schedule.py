@@ -1,13 +1,55 @@
-"""The step schedule both training paths share: which samples each step sees, where a call returns to the host,
-and a fresh optimizer per round. `loop.CompiledLoop` and `sparse.SparseMlpTrainer` follow it exactly, so they train
-on the same batches in the same order."""
+"""The step schedule both training paths share: which samples each step sees, its learning rate, where a call
+returns to the host, and a fresh optimizer per round. `loop.CompiledLoop` and `sparse.SparseMlpTrainer` follow it
+exactly, so they train on the same batches in the same order at the same rates."""
 
 from __future__ import annotations
 
-from typing import Iterator
+import dataclasses
+from typing import Iterable, Iterator
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningRateSchedule:
+    """The learning rate of each step: a linear warm-up over the first `warmup` steps, then `base`, multiplied by
+    `factor` at each step of `drops` (step decay). Step s (0-based) trains at `at(s)`."""
+
+    base: float
+    warmup: int = 0
+    drops: tuple[int, ...] = ()
+    factor: float = 0.1
+
+    @property
+    def is_constant(self) -> bool:
+        return self.warmup == 0 and not self.drops
+
+    def final(self) -> "LearningRateSchedule":
+        """The rate the schedule ends at, held constant (fine-tuning continues there)."""
+        return LearningRateSchedule(self.base * self.factor ** len(self.drops))
+
+    def at(self, steps: Iterable[int]) -> np.ndarray:
+        """The rates of `steps`, float32."""
+        steps = np.asarray(steps, np.int64)
+        warm = np.minimum(1.0, (steps + 1) / self.warmup) if self.warmup else np.ones(steps.shape)
+        decay = self.factor ** np.searchsorted(np.asarray(self.drops, np.int64), steps, side="right")
+        return (self.base * warm * decay).astype(np.float32)
+
+    def tensors(self) -> dict[str, tf.Tensor]:
+        """The schedule as arguments of a compiled function (`rate_at` reads them)."""
+        return {"base": tf.constant(self.base, tf.float32), "warmup": tf.constant(self.warmup, tf.int64),
+                "drops": tf.constant(self.drops, tf.int64, shape=[len(self.drops)]),
+                "factor": tf.constant(self.factor, tf.float32)}
+
+
+def rate_at(step: tf.Tensor, base, warmup, drops, factor) -> tf.Tensor:
+    """`LearningRateSchedule.at` for one step inside a compiled function, from its `tensors()`."""
+    warm = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / tf.cast(tf.maximum(warmup, 1), tf.float32))
+    warm = tf.where(warmup > 0, warm, 1.0)
+    passed = tf.reduce_sum(tf.cast(drops <= step, tf.float32))
+    return base * warm * tf.pow(factor, passed)
 
 
 def reset_optimizer(model: keras.Model) -> None:
@@ -32,7 +74,13 @@ def epoch_permutation(seed: int, epoch, num_samples: int) -> tf.Tensor:
     return tf.argsort(keys, stable=True)
 
 
-def chunk_ends(iterations: int, eval_every: int) -> Iterator[int]:
-    """Step counts at which the loop returns to the host: every evaluation point, and the end."""
-    yield from range(eval_every, iterations, eval_every)
+def chunk_ends(iterations: int, eval_every: int, also: Iterable[int] = ()) -> Iterator[int]:
+    """Step counts at which the loop returns to the host: every evaluation point, the steps of `also` (where a
+    callback wants the weights), and the end."""
+    extra = sorted({step for step in also if 0 < step < iterations and step % eval_every})
+    for end in range(eval_every, iterations, eval_every):
+        while extra and extra[0] < end:
+            yield extra.pop(0)
+        yield end
+    yield from extra
     yield iterations

@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from lottery_keras.nn.models import MaskedModel
 from lottery_keras.nn.native import native_ops
-from lottery_keras.train.schedule import chunk_ends, epoch_permutation, reset_optimizer, steps_per_epoch
+from lottery_keras.train.schedule import (LearningRateSchedule, chunk_ends, epoch_permutation, reset_optimizer,
+                                          steps_per_epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,8 @@ class SparseMlpTrainer:
         return out
 
     def train(self, iterations: int, eval_every: int, seed: int,
-              callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
+              callbacks: Sequence[keras.callbacks.Callback] = (), *, schedule: LearningRateSchedule | None = None,
+              step_offset: int = 0, pause_at: Sequence[int] = ()) -> None:
         reset_optimizer(self.model)
         optimizer, layers = self.model.optimizer, self.model.masked_layers()
         structure = [SparseLayer.of(keras.ops.convert_to_numpy(layer.mask) > 0) for layer in layers]
@@ -106,15 +108,18 @@ class SparseMlpTrainer:
         biases = [keras.ops.convert_to_numpy(layer.bias).astype(np.float32) for layer in layers]
         moments = [np.zeros_like(v) for v in values] * 2 + [np.zeros_like(b) for b in biases] * 2
         adam = dict(beta1=float(optimizer.beta_1), beta2=float(optimizer.beta_2), epsilon=float(optimizer.epsilon))
-        learning_rate = tf.constant(float(keras.ops.convert_to_numpy(optimizer.learning_rate)), tf.float32)
+        if schedule is None:
+            schedule = LearningRateSchedule(float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
         n = len(layers)
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=self.model)
         self.model.stop_training = False
         callback_list.on_train_begin()
         done = 0
-        for end in chunk_ends(iterations, eval_every):
+        for end in chunk_ends(iterations, eval_every, pause_at):
+            steps = np.arange(step_offset + done, step_offset + end)
             outputs = self.ops.lottery_sparse_mlp_steps(
-                self.x, self.y, self.batches(seed, done, end - done), tf.constant(done, tf.int64), learning_rate,
+                self.x, self.y, self.batches(seed, step_offset + done, end - done), tf.constant(done, tf.int64),
+                schedule.at(steps),
                 [s.row_ptr for s in structure], [s.cols for s in structure], values, biases,
                 moments[:n], moments[n:2 * n], moments[2 * n:3 * n], moments[3 * n:], **adam)
             values, biases, moments = outputs[0], outputs[1], [*outputs[2], *outputs[3], *outputs[4], *outputs[5]]
@@ -122,6 +127,7 @@ class SparseMlpTrainer:
                 layer.kernel.assign(s.kernel(v.numpy()))
                 layer.bias.assign(b)
             optimizer.iterations.assign(end)
+            optimizer.learning_rate.assign(schedule.at([step_offset + end - 1])[0])
             done = end
             callback_list.on_train_batch_end(done - 1, {})
             if self.model.stop_training:

@@ -1,8 +1,8 @@
 // Sparse CPU kernels for masked fully-connected ReLU networks (LeNet-300-100 and its kin): the cost of a step
 // follows the number of surviving weights instead of the dense layer sizes.
 //
-//   LotterySparseMlpSteps    S steps of minibatch Adam training, softmax cross-entropy loss; returns the
-//                            updated weights, biases and Adam moments.
+//   LotterySparseMlpSteps    S steps of minibatch Adam training (one learning rate per step), softmax
+//                            cross-entropy loss; returns the updated weights, biases and Adam moments.
 //
 // Each layer holds only its surviving weights, in CSR form by input row (row_ptr [in + 1], cols [nnz],
 // values [nnz]), and a dense bias. Activations are feature-major ([features][batch]), so every product is an
@@ -208,14 +208,15 @@ class SparseMlpStepsOp : public OpKernel {
     const Tensor& x = context->input(0);
     const Tensor& labels = context->input(1);
     const Tensor& batches = context->input(2);
-    OP_REQUIRES(context, context->input(3).NumElements() == 1 && context->input(4).NumElements() == 1,
-                InvalidArgument("step0 and learning_rate must be scalars"));
+    OP_REQUIRES(context, context->input(3).NumElements() == 1, InvalidArgument("step0 must be a scalar"));
     const int64_t step0 = context->input(3).flat<int64_t>()(0);
-    const float learning_rate = context->input(4).flat<float>()(0);
     OP_REQUIRES(context, x.dims() == 2 && labels.dims() == 1 && labels.dim_size(0) == x.dim_size(0),
                 InvalidArgument("x must be [samples, features] and labels [samples]"));
     OP_REQUIRES(context, batches.dims() == 2 && batches.dim_size(1) > 0,
                 InvalidArgument("batches must be [steps, batch size]"));
+    OP_REQUIRES(context, context->input(4).dims() == 1 && context->input(4).dim_size(0) == batches.dim_size(0),
+                InvalidArgument("learning_rates must hold one rate per step"));
+    const float* learning_rates = context->input(4).flat<float>().data();
     OpInputList row_ptr, cols, values_in, bias_in, m_w_in, v_w_in, m_b_in, v_b_in;
     OP_REQUIRES_OK(context, context->input_list("row_ptr", &row_ptr));
     OP_REQUIRES_OK(context, context->input_list("cols", &cols));
@@ -299,7 +300,7 @@ class SparseMlpStepsOp : public OpKernel {
                     l > 0 ? grads[l].data() : nullptr);
       }
       const float t = static_cast<float>(step0 + s + 1);
-      const float alpha = learning_rate * std::sqrt(1.0f - std::pow(beta2_, t)) / (1.0f - std::pow(beta1_, t));
+      const float alpha = learning_rates[s] * std::sqrt(1.0f - std::pow(beta2_, t)) / (1.0f - std::pow(beta1_, t));
       for (int l = 0; l < num_layers; ++l) {
         Adam(layers[l].w, m_w[l]->flat<float>().data(), v_w[l]->flat<float>().data(), d_w[l].data(),
              w[l]->NumElements(), alpha, beta1_, beta2_, epsilon_);
@@ -325,7 +326,7 @@ REGISTER_OP("LotterySparseMlpSteps")
     .Input("labels: int32")
     .Input("batches: int32")
     .Input("step0: int64")
-    .Input("learning_rate: float")
+    .Input("learning_rates: float")
     .Input("row_ptr: L * int32")
     .Input("cols: L * int32")
     .Input("values: L * float")
