@@ -91,15 +91,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from lottery_keras.catalog import ARCH_ALIASES, ARCHITECTURES, INITIALIZERS, PRECISIONS
     from lottery_keras.config import PRESETS, PRUNING_SCOPES
     from lottery_keras.data import ALIASES, DATASETS
-    from lottery_keras.lottery.strategies import STRATEGIES
+    from lottery_keras.lottery.strategies import GROUPS, STRATEGIES
 
     what = parser.add_argument_group("what to run")
     what.add_argument("--dataset", required=True, choices=sorted([*DATASETS, *ALIASES]), metavar="NAME",
                       help=f"one of: {', '.join(DATASETS)} (aliases: {', '.join(ALIASES)})")
     what.add_argument("--arch", required=True, choices=sorted([*ARCHITECTURES, *ARCH_ALIASES]), metavar="NAME",
                       help=f"one of: {', '.join(ARCHITECTURES)} (aliases: {', '.join(ARCH_ALIASES)})")
-    what.add_argument("--strategy", action="append", choices=[*STRATEGIES, "all"], metavar="NAME",
-                      help=f"{', '.join(STRATEGIES)} or all (repeatable; default magnitude_rewind)")
+    what.add_argument("--strategy", action="append", choices=[*STRATEGIES, *GROUPS], metavar="NAME",
+                      help=f"{', '.join(STRATEGIES)}, or core (the winning ticket and its three controls) or all "
+                           "(repeatable; default magnitude_rewind)")
     what.add_argument("--preset", default="es667", choices=sorted(PRESETS),
                       help="protocol defaults: es667 (the ES667 study, default) or frankle2019 (the paper)")
     what.add_argument("--trials", type=_trials, default=(0,), metavar="N|A-B",
@@ -142,6 +143,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--no-tfmot-check", dest="check_tfmot", action="store_false",
                      help="skip cross-checking masks against tensorflow-model-optimization")
     how.add_argument("--quiet", action="store_true", help="no progress bars")
+    how.add_argument("--robustness", action="store_true",
+                     help="also score every trained ticket under common corruptions and FGSM on the test split "
+                          "(finished rounds too): columns corruption_acc, adversarial_acc")
     how.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory")
 
     plan = parser.add_argument_group("execution plan (default: what measured faster for the architecture here)")
@@ -246,7 +250,8 @@ def command_run(args: argparse.Namespace) -> int:
         if args.workers > 1 or args.ray_address:
             print(f"trials on {args.ray_address or f'{args.workers} local'} Ray worker(s), one thread each")
     options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,
-                                    verbose=not args.quiet, workers=args.workers, ray_address=args.ray_address)
+                                    verbose=not args.quiet, workers=args.workers, ray_address=args.ray_address,
+                                    robustness=args.robustness)
     folder = controller.run_experiment(experiment, args.output_dir, args.data_dir, options)
     print(f"\nResults in {folder.directory} (mean over its finished trials):")
     print(controller.summary_table(folder).to_string())

@@ -20,6 +20,11 @@ from lottery_keras.data import DATASETS, canonical_name
 
 PRUNING_SCOPES = ("layerwise", "global")
 MAX_LEARNING_RATE = 1.0
+# The robustness protocol (`run.py --robustness`, `train/evaluation.py`): each corruption's parameter at severities
+# 1, 2, 3 (pixel scale [0, 1]), and the FGSM step per dataset.
+CORRUPTIONS = {"gaussian_noise": ("σ", (0.08, 0.16, 0.32)), "gaussian_blur": ("σ px", (0.5, 1.0, 1.5)),
+               "contrast": ("×", (0.6, 0.4, 0.2)), "rotation": ("°", (10.0, 20.0, 30.0))}
+ADVERSARIAL_EPSILON = {"mnist": 0.05, "fashion_mnist": 0.05, "cifar10": 2 / 255}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +91,18 @@ class Experiment:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as JSON would give them back; fields added after runs were published are left out at their
+        defaults, so those runs keep their names and configuration files."""
+        fields = dataclasses.asdict(self)
+        fields["lr_drops"] = list(self.lr_drops)
+        return {key: value for key, value in fields.items()
+                if key not in _LATER_FIELDS or value != _LATER_FIELDS[key]}
 
     @property
     def hash(self) -> str:
         unused = {"rounds"} | ({"prune_conv", "prune_output"} if self.pruning_scope == "global" else set())
-        unused |= {name for name, default in _LATER_FIELDS.items() if getattr(self, name) == default}
+        if not self.lr_drops:
+            unused.add("lr_drop_factor")
         hashed = {key: value for key, value in self.to_dict().items() if key not in unused}
         return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -105,8 +116,8 @@ class Experiment:
         return {"fc": self.prune_fc, "conv": self.prune_conv, "output": self.prune_output}
 
 
-# Fields added after runs were published: left out of the hash at their defaults, so those runs keep their names.
-_LATER_FIELDS = {"rewind_iteration": 0, "warmup_iterations": 0, "lr_drops": (), "lr_drop_factor": 0.1}
+# Fields added after runs were published, with their defaults (see `Experiment.to_dict`).
+_LATER_FIELDS = {"rewind_iteration": 0, "warmup_iterations": 0, "lr_drops": [], "lr_drop_factor": 0.1}
 
 
 def _steps_per_epoch(dataset: str, batch_size: int) -> int:

@@ -14,13 +14,13 @@ run() { python run.py "$@" --output-dir "$out"; }
 
 for arch in lenet300_100 lenet5; do
   for dataset in mnist fashion; do
-    run --dataset "$dataset" --arch "$arch" --strategy all --trials 0-4                       # es667
+    run --dataset "$dataset" --arch "$arch" --strategy core --trials 0-4                       # es667
   done
 done
 run --preset frankle2019 --dataset mnist --arch lenet300_100 --rounds 19 --trials 0-4 \
     --strategy magnitude_rewind --strategy magnitude_random --strategy random_rewind
 if [ "${CONV6:-0}" = 1 ]; then
-  run --dataset cifar10 --arch conv6 --strategy all --trials 0-4
+  run --dataset cifar10 --arch conv6 --strategy core --trials 0-4
 fi
 
 runs=()

@@ -1,6 +1,7 @@
 """Presets, overrides, validation and the run hash."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -79,3 +80,18 @@ def test_global_pruning_hashes_only_the_rate_it_uses():
     assert dataclasses.replace(layerwise, prune_conv=0.5).hash != layerwise.hash
     with pytest.raises(ValueError, match="--prune-conv and --prune-output apply to layerwise pruning only"):
         experiment(prune_conv=0.9)
+
+
+def test_options_added_later_leave_published_runs_as_they_are():
+    """Published run names and configuration files stay as they were without the rewinding and schedule options."""
+    published = {("mnist", "lenet300_100"): "77d8bf14f1", ("fashion", "lenet300_100"): "1319c54e42",
+                 ("mnist", "lenet5"): "f4de64105d"}
+    for (dataset, arch), digest in published.items():
+        experiment = config.from_preset("es667", dataset, arch)
+        assert experiment.hash == digest
+        assert not {"rewind_iteration", "warmup_iterations", "lr_drops", "lr_drop_factor"} & set(experiment.to_dict())
+    base = config.from_preset("es667", "mnist", "lenet300_100")
+    assert config.from_preset("es667", "mnist", "lenet300_100", lr_drop_factor=0.5).hash == base.hash  # no drops
+    scheduled = config.from_preset("es667", "mnist", "lenet300_100", lr_drops=(20_000,), rewind_iteration=500)
+    assert scheduled.hash != base.hash
+    assert config.Experiment(**json.loads(json.dumps(scheduled.to_dict()))) == scheduled

@@ -17,7 +17,7 @@ import pytest
 from lottery_keras import cli, config, data
 from lottery_keras.lottery import controller as imp
 from lottery_keras.analysis.report import write_report
-from lottery_keras.lottery import pruning
+from lottery_keras.lottery import pruning, saliency
 from lottery_keras.lottery.paths import RunFolder
 from lottery_keras.lottery.strategies import STRATEGIES
 from lottery_keras.storage import read_json, read_npz
@@ -160,6 +160,24 @@ def test_oneshot_prunes_the_dense_round_straight_to_each_level(finished_trial):
     assert any(not np.array_equal(ticket[name], read_npz(unit(0, "oneshot", 2).masks)[name]) for name in ticket)
 
 
+def test_snip_prunes_theta0_by_connection_sensitivity(finished_trial):
+    run_dir, trial = finished_trial
+    unit = RunFolder(run_dir).unit
+    model, theta0 = kernels(unit(0, "magnitude_rewind", 0).ticket_init)
+    x, y = trial.splits.x_train[:1000], trial.splits.y_train[:1000]
+    scores = saliency.snip_scores(model, x, y)
+    ones = {name: np.ones_like(w) for name, w in theta0.items()}
+    masks = {r: read_npz(unit(0, "snip", r).masks) for r in (1, 2)}
+    for r, got in masks.items():
+        want = pruning.magnitude_prune(scores, ones, pruning.layerwise_counts(ones, trial.rates, r))
+        for name in theta0:
+            np.testing.assert_array_equal(got[name], want[name])
+    for name, w in kernels(unit(0, "snip", 2).ticket_init)[1].items():
+        np.testing.assert_array_equal(w, theta0[name] * masks[2][name])
+        assert np.all(masks[2][name] <= masks[1][name])  # one ranking: the levels nest
+        assert not np.array_equal(masks[2][name], read_npz(unit(0, "magnitude_rewind", 2).masks)[name])
+
+
 def test_late_rewinding_and_a_step_schedule(tmp_path):
     """--rewind-iteration 30: survivors restart from the dense round's weights after 30 steps and train the
     other 30; with a drop at step 30, fine-tuning (at the final rate) and LR rewinding differ."""
@@ -176,7 +194,7 @@ def test_late_rewinding_and_a_step_schedule(tmp_path):
         path = layer.kernel.path
         assert not np.allclose(theta_k[path], theta0[path])
         np.testing.assert_array_equal(start[layer.name], theta_k[path] * masks[layer.name])
-    assert read_json(unit(0, "magnitude_rewind", 1).metrics)["es_iteration"] == 30  # 30 steps after K, one eval
+    assert read_json(unit(0, "magnitude_rewind", 1).metrics)["es_iteration"] == 60  # steps 30 … 59 after K = 30
     lr_rewind, finetune = (read_json(unit(0, name, 1).metrics) for name in ("lr_rewind", "finetune"))
     assert lr_rewind["val_loss"] != finetune["val_loss"]
     text = (write_report([RunFolder.for_experiment(experiment, tmp_path).directory]) / "report.md").read_text()

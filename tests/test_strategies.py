@@ -31,6 +31,8 @@ def test_the_es667_reinit_chain_prunes_its_own_reinitialised_networks():
 def test_resolve_keeps_registry_order_and_names_the_choices():
     assert strategies.resolve(["random_rewind", "magnitude_rewind"]) == ["magnitude_rewind", "random_rewind"]
     assert strategies.resolve(["all"]) == list(STRATEGIES)
+    assert strategies.resolve(["core", "oneshot"]) == ["magnitude_rewind", "magnitude_random", "random_rewind",
+                                                       "reinit_chain", "oneshot"]
     with pytest.raises(ValueError, match="unknown strategy best; choose from: magnitude_rewind"):
         strategies.resolve(["best"])
     assert strategies.ordered(["zeta", "random_rewind", "magnitude_rewind"]) == [

@@ -25,9 +25,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from lottery_keras.config import Experiment
+from lottery_keras.config import ADVERSARIAL_EPSILON, CORRUPTIONS, Experiment
 from lottery_keras.lottery import strategies
-from lottery_keras.lottery.paths import REPORT, RESULT_COLUMNS, RunFolder
+from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, REPORT, RESULT_COLUMNS, RunFolder
 from lottery_keras.lottery.strategies import RANDOM_PRUNING_CONTROL as RANDOM_PRUNING
 from lottery_keras.lottery.strategies import REINIT_CONTROL as REINIT
 from lottery_keras.lottery.strategies import STRATEGIES
@@ -43,7 +43,9 @@ FIGURES = {
     "early_stop_iteration": "Early-stop iteration vs weights remaining",
     "learning_curves": "Learning curves of the winning ticket (solid) and random reinit (dashed)",
     "beyond_accuracy": "Generalization gap, calibration and training time vs weights remaining",
+    "robustness": "Robustness vs weights remaining: common corruptions and FGSM",
 }
+OPTIONAL_FIGURES = {"robustness": "corruption_acc_mean"}  # drawn only where the rounds have this column
 CIFAR10_NOTE = ("CIFAR-10 figures come from the local lossy copy of the dataset (rebuilt from a JPEG re-encoding, "
                 "pixels differ by up to ~14 grey levels; see shared/datasets/README.md): accuracies can differ "
                 "slightly from published CIFAR-10 numbers.")
@@ -83,7 +85,7 @@ def run_label(folder: RunFolder) -> str:
 def load_run(folder: RunFolder, label: str | None = None) -> pd.DataFrame:
     """Every finished round of a run (`RunFolder.results`) with a leading `run` column."""
     frame = folder.results()
-    frame = frame.astype({column: float for column in ["remaining", *METRICS]} | {"diverged": bool})
+    frame = frame.astype({column: float for column in ["remaining", *metrics_in(frame)]} | {"diverged": bool})
     frame.insert(0, "run", label or run_label(folder))
     return frame
 
@@ -106,12 +108,17 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
 # ---------------------------------------------------------------------------------------------- tables
 
 
+def metrics_in(frame: pd.DataFrame) -> list[str]:
+    """The metric columns of a results frame: every run's, then the optional ones some rounds have."""
+    return METRICS + [column for column in OPTIONAL_COLUMNS if column in frame]
+
+
 def aggregate_rounds(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (run, strategy, round): remaining %, the number of trials that gave results and of those that
     diverged, and `<metric>_mean/_min/_max` over the former (a diverged round is not a result)."""
     keys = ["run", "strategy", "round"]
     grouped = frame.groupby(keys)
-    table = frame[~frame["diverged"]].groupby(keys)[METRICS].agg(["mean", "min", "max"])
+    table = frame[~frame["diverged"]].groupby(keys)[metrics_in(frame)].agg(["mean", "min", "max"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table = table.reindex(grouped.size().index)
     table.insert(0, "remaining", grouped["remaining"].mean())
@@ -209,9 +216,10 @@ def schedule_text(experiment) -> str:
 
 def coinciding_note(runs: list[Run], rounds: pd.DataFrame) -> list[str]:
     """Says so when LR rewinding and fine-tuning ran at a constant rate, where they are the same computation."""
-    present = set(rounds["strategy"])
-    constant = [run.label for run in runs if not (run.experiment.warmup_iterations or run.experiment.lr_drops)]
-    if {strategies.LR_REWIND, strategies.FINETUNE} <= present and constant:
+    both = {strategies.LR_REWIND, strategies.FINETUNE}
+    constant = [run.label for run in runs if not (run.experiment.warmup_iterations or run.experiment.lr_drops)
+                and both <= set(rounds.loc[rounds["run"] == run.label, "strategy"])]
+    if constant:
         return [f"> **Note.** {', '.join(constant)}: the learning rate is constant, so *LR rewinding* (the schedule "
                 "from its start) and *fine-tuning* (its final rate) are the same computation and give the same "
                 "rows; a warm-up or step decay (`--warmup`, `--lr-drops`) tells them apart."]
@@ -258,7 +266,9 @@ def round_table(strategy_rows: pd.DataFrame) -> pd.DataFrame:
     columns = {"remaining": "remaining %", "trials": "trials", "es_iteration_mean": "ES iteration",
                "test_acc_mean": "test acc", "test_acc_min": "test min", "test_acc_max": "test max",
                "val_acc_mean": "val acc", "final_test_acc_mean": "final test acc",
-               "generalization_gap_mean": "gen. gap", "ece_mean": "ECE", "train_seconds_mean": "train s"}
+               "generalization_gap_mean": "gen. gap", "ece_mean": "ECE", "train_seconds_mean": "train s",
+               "corruption_acc_mean": "corruption acc", "adversarial_acc_mean": "FGSM acc"}
+    columns = {key: name for key, name in columns.items() if key in strategy_rows}
     return strategy_rows[list(columns)].rename(columns=columns).reset_index()
 
 
@@ -296,7 +306,48 @@ def diverged_note(rounds: pd.DataFrame) -> list[str]:
             f"a chain that prunes its weights were not run): {items}."]
 
 
-def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame) -> str:
+def figures_of(rounds: pd.DataFrame) -> list[str]:
+    return [stem for stem in FIGURES if OPTIONAL_FIGURES.get(stem, "remaining") in rounds]
+
+
+def robustness_rounds(runs: list[Run]) -> pd.DataFrame:
+    """Mean test accuracy over trials per (run, strategy, round, corruption, severity) of the rounds scored with
+    --robustness (empty without any)."""
+    frames = [run.folder.robustness().assign(run=run.label) for run in runs]
+    frame = pd.concat([frame for frame in frames if not frame.empty] or [pd.DataFrame()], ignore_index=True)
+    if frame.empty:
+        return frame
+    keys = ["run", "strategy", "round", "corruption", "severity"]
+    return frame.groupby(keys, sort=False)["test_acc"].mean().reset_index().sort_values(keys, ignore_index=True)
+
+
+def robustness_markdown(runs: list[Run], rounds: pd.DataFrame, robustness: pd.DataFrame) -> list[str]:
+    """The robustness section: what was measured, and per corruption (mean over severities) the winning ticket's
+    accuracy at each level."""
+    if robustness.empty:
+        return []
+    described = "; ".join(f"{name.replace('_', ' ')} ({symbol} {' / '.join(f'{p:g}' for p in parameters)})"
+                          for name, (symbol, parameters) in CORRUPTIONS.items())
+    epsilons = ", ".join(f"{run.label} ε = {ADVERSARIAL_EPSILON[run.experiment.dataset]:.3g}" for run in runs)
+    parts = ["## Robustness",
+             "Each trained ticket (final weights) on the test split, with `--robustness`: *corruption acc* is the "
+             f"mean accuracy over four corruptions at severities 1 / 2 / 3 — {described}, in pixel scale — and "
+             f"*FGSM acc* the accuracy under the fast gradient sign attack ({epsilons}, pixel scale). Per "
+             "corruption and severity: [robustness.csv](robustness.csv)."]
+    for run in runs:
+        ticket = robustness[(robustness["run"] == run.label) & (robustness["strategy"] == TICKET)]
+        if ticket.empty:
+            continue
+        table = ticket.pivot_table(index="round", columns="corruption", values="test_acc", aggfunc="mean")
+        remaining = strategy_rounds(rounds, run.label, TICKET)["remaining"]
+        table.insert(0, "remaining %", remaining.reindex(table.index))
+        parts += [f"### {run.label}: winning ticket, accuracy per corruption (mean of the severities)",
+                  markdown_table(table.reset_index())]
+    return parts
+
+
+def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame,
+                    robustness: pd.DataFrame | None = None) -> str:
     parts = [report_title(runs)]
     if any(run.experiment.dataset == "cifar10" for run in runs):
         parts.append(f"> **Note.** {CIFAR10_NOTE}")
@@ -316,8 +367,10 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         "empty cells: that strategy has no finished round. Table: [summary.csv](summary.csv).",
         summary_markdown(summary),
     ]
-    for stem, caption in FIGURES.items():
+    for stem in figures_of(rounds):
+        caption = FIGURES[stem]
         parts += [f"## {caption}", f"![{caption}]({stem}.png)\n\nVector version: [{stem}.svg]({stem}.svg)"]
+    parts += robustness_markdown(runs, rounds, robustness if robustness is not None else pd.DataFrame())
     parts += ["## Per-round results",
               "Means over trials (test accuracy also min and max); generalization gap = train − test accuracy "
               "(points), ECE on the test split (15 bins), training wall time in seconds. All statistics: "
@@ -444,6 +497,9 @@ FIGURE_BUILDERS: dict[str, Callable[[list[Run], pd.DataFrame], Figure]] = {
         runs, rounds, [("es_iteration", "early-stop iteration")]),
     "learning_curves": learning_curve_figure,
     "beyond_accuracy": beyond_accuracy_figure,
+    "robustness": lambda runs, rounds: metric_figure(
+        runs, rounds, [("corruption_acc", "accuracy under corruptions (%, mean)"),
+                       ("adversarial_acc", "accuracy under FGSM (%)")]),
 }
 
 
@@ -480,8 +536,11 @@ def write_report(run_dirs: list[Path], output_dir: Path | None = None) -> Path:
     summary = study_summary(rounds, [run.label for run in runs])
     write_csv(report_dir / "rounds.csv", rounds)
     write_csv(report_dir / "summary.csv", summary)
-    for stem, build in FIGURE_BUILDERS.items():
-        save_figure(build(runs, rounds), report_dir, stem)
+    for stem in figures_of(rounds):
+        save_figure(FIGURE_BUILDERS[stem](runs, rounds), report_dir, stem)
+    robustness = robustness_rounds(runs)
+    if not robustness.empty:
+        write_csv(report_dir / "robustness.csv", robustness)
     with atomic_path(report_dir / "report.md") as tmp:
-        tmp.write_text(markdown_report(runs, rounds, summary))
+        tmp.write_text(markdown_report(runs, rounds, summary, robustness))
     return report_dir

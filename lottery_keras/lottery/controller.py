@@ -21,14 +21,15 @@ import numpy as np
 import pandas as pd
 
 from lottery_keras import data
-from lottery_keras.config import Experiment
-from lottery_keras.lottery import pruning, strategies
+from lottery_keras.config import ADVERSARIAL_EPSILON, Experiment
+from lottery_keras.lottery import pruning, saliency, strategies
 from lottery_keras.lottery.paths import RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
 from lottery_keras.nn.models import MaskedModel, build_model
 from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
                                    write_csv, write_json, write_npz)
+from lottery_keras.train import evaluation
 from lottery_keras.train import plan as execution
 from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar, WeightsAt
 from lottery_keras.train.loop import Trainer, compile_model
@@ -93,6 +94,7 @@ class RunOptions:
     verbose: bool = True
     workers: int = 1  # above 1: trials run side by side on that many local Ray workers (`parallel.py`)
     ray_address: str | None = None  # an existing Ray cluster to run the trials on instead
+    robustness: bool = False  # also score each trained ticket under corruptions and FGSM (finished rounds too)
 
     def __post_init__(self):
         if self.workers < 1:
@@ -111,6 +113,9 @@ class TrialRun:
         self.exp, self.splits, self.folder, self.trial, self.options = experiment, splits, folder, trial, options
         self.seed = experiment.seed + trial
         plan = execution.apply_threads(options.plan or execution.decide(experiment.arch))
+        if plan.loop == "keras" and experiment.rewind_iteration:
+            raise ValueError("--loop keras cannot start training inside an epoch's sample order, as late rewinding "
+                             "does: use the compiled loop")
         self.model = self._build(self.seed, plan.model_execution)
         compile_model(self.model, experiment.learning_rate)
         self.layer_names = [layer.name for layer in self.model.masked_layers()]
@@ -148,19 +153,23 @@ class TrialRun:
         tickets."""
         unit = self.folder.unit(self.trial, name, round_index)
         if unit.is_resumable():
+            if self._add_robustness(unit):
+                self.folder.refresh_results(self.trial, name)
             return unit
         strategy = STRATEGIES[name]
         needed = {dependency: self.ensure_round(*dependency)
                   for dependency in strategy.dependencies(round_index, self.exp.pruning_scope)}
-        previous = needed.get((name, round_index - 1))
-        if strategy.masks == "magnitude" and previous is not None and previous.read_metrics().get("diverged"):
-            raise ChainStopped(f"{name} round {round_index - 1} diverged, so its trained weights give no magnitude "
-                               "masks (a lower --lr may help)")
+        pruned = needed.get((name, round_index - 1) if strategy.masks == "magnitude" else
+                            (strategy.dense_round_from, 0) if strategy.masks == "oneshot" and round_index else None)
+        if pruned is not None and pruned.read_metrics().get("diverged"):
+            raise ChainStopped(f"{pruned.strategy} round {pruned.round} diverged, so its trained weights give no "
+                               "magnitude masks (a lower --lr may help)")
         if round_index == 0 and strategy.dense_round_from:  # the same computation: copy it
             self._copy_unit(needed[strategy.dense_round_from, 0], unit)
         else:
             self._train_round(strategy, unit, self._masks(strategy, round_index, needed),
                               self._start_weights(strategy, round_index, needed))
+        self._add_robustness(unit)
         self.folder.refresh_results(self.trial, name)
         return unit
 
@@ -187,6 +196,8 @@ class TrialRun:
             return needed[strategy.masks_from, round_index].read_masks()
         if strategy.masks == "oneshot":
             return self._oneshot_masks(needed[strategy.dense_round_from, 0], round_index)
+        if strategy.masks == "snip":
+            return self._snip_masks(round_index)
         previous = needed[strategy.name, round_index - 1]
         old_masks = previous.read_masks()
         if strategy.masks == "magnitude":
@@ -208,6 +219,19 @@ class TrialRun:
         """The dense round's trained weights pruned once to the level `round_index` prunings reach."""
         ones = {name: np.ones_like(mask) for name, mask in dense.read_masks().items()}
         return self._magnitude_masks(dense, ones, round_index)
+
+    def _snip_masks(self, round_index: int) -> pruning.Masks:
+        """θ0 pruned by SNIP's connection sensitivity, straight to the level `round_index` prunings reach."""
+        ones = {name: np.ones(layer.mask.shape, np.float32)
+                for name, layer in zip(self.layer_names, self.model.masked_layers())}
+        self._set_start(self.theta0, ones)
+        samples = min(saliency.SNIP_SAMPLES, len(self.splits.x_train))
+        scores = saliency.snip_scores(self.model, self.splits.x_train[:samples], self.splits.y_train[:samples])
+        if self.exp.pruning_scope == "global":
+            return pruning.global_magnitude_prune(scores, ones, self.exp.prune_fc, round_index)
+        new_masks = pruning.magnitude_prune(scores, ones, pruning.layerwise_counts(ones, self.rates, round_index))
+        self._cross_check(ones, new_masks, round_index)
+        return new_masks
 
     def _trained_model(self, unit: Unit) -> MaskedModel:
         try:
@@ -274,6 +298,23 @@ class TrialRun:
 
     # ------------------------------------------------------------------------------------------ one round
 
+    def _add_robustness(self, unit: Unit) -> bool:
+        """With `options.robustness`, score the unit's trained ticket on the test split under every corruption
+        (robustness.csv) and FGSM, and add the means to its metrics, unless they are there or it diverged."""
+        metrics = unit.read_metrics()
+        if not self.options.robustness or "corruption_acc" in metrics or metrics.get("diverged"):
+            return False
+        model, (x, y) = self._trained_model(unit), (self.splits.x_test, self.splits.y_test)
+        spec = data.DATASETS[self.exp.dataset]
+        normalisation = evaluation.Normalisation(spec.mean, spec.std)
+        scores = evaluation.corruption_accuracies(model, x, y, normalisation)
+        write_csv(unit.robustness, pd.DataFrame([{"corruption": name, "severity": severity, "test_acc": acc}
+                                                  for (name, severity), acc in scores.items()]))
+        epsilon = ADVERSARIAL_EPSILON[self.exp.dataset]
+        write_json(unit.metrics, {**metrics, "corruption_acc": float(np.mean(list(scores.values()))),
+                                  "adversarial_acc": evaluation.fgsm_accuracy(model, x, y, normalisation, epsilon)})
+        return True
+
     def _train_round(self, strategy: Strategy, unit: Unit, masks: pruning.Masks, start: dict) -> None:
         unit.metrics.unlink(missing_ok=True)  # results without tickets (a clone): they mark the unit finished last
         self._set_start(start, masks)
@@ -284,7 +325,7 @@ class TrialRun:
         iterations = self.exp.iterations - offset
         recorder = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
                                      eval_every=self.exp.eval_every, iterations=iterations,
-                                     train=(self.splits.x_train, self.splits.y_train))
+                                     train=(self.splits.x_train, self.splits.y_train), iteration_offset=offset)
         callbacks = [recorder]
         rewind_point = WeightsAt(self.exp.rewind_iteration)
         keep_rewind_point = strategy.start == "theta0" and unit.round == 0 and self.exp.rewind_iteration > 0

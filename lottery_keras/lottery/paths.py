@@ -37,6 +37,7 @@ RESULTS = "results.csv"
 TICKET_INIT = "ticket_init.keras"
 TICKET_TRAINED = "ticket_trained.keras"
 MASKS = "masks.npz"
+ROBUSTNESS = "robustness.csv"  # test accuracy per corruption and severity, with --robustness
 REWIND_POINT = "rewind_point.npz"  # θ_K, kept by a dense round from θ0 under late rewinding
 HISTORY = "history.csv"
 METRICS = "metrics.json"
@@ -45,6 +46,7 @@ LOCK = ".lock"
 
 RESULT_COLUMNS = ["round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc", "train_acc",
                   "generalization_gap", "ece", "val_loss", "train_seconds", "diverged"]
+OPTIONAL_COLUMNS = ["corruption_acc", "adversarial_acc"]  # in a table only where a round has them (--robustness)
 
 
 class RunInUseError(RuntimeError):
@@ -88,6 +90,10 @@ class Unit:
     @property
     def masks(self) -> Path:
         return self.directory / MASKS
+
+    @property
+    def robustness(self) -> Path:
+        return self.directory / ROBUSTNESS
 
     @property
     def rewind_point(self) -> Path:
@@ -284,7 +290,8 @@ class RunFolder:
             for row in self._read_results_csv(recorded).to_dict("records"):
                 if not self.unit(trial, strategy, int(row["round"])).directory.exists():
                     rows.setdefault(int(row["round"]), row)
-        table = pd.DataFrame(list(rows.values()), columns=RESULT_COLUMNS)
+        optional = [column for column in OPTIONAL_COLUMNS if any(column in row for row in rows.values())]
+        table = pd.DataFrame(list(rows.values()), columns=RESULT_COLUMNS + optional)
         table["diverged"] = table["diverged"].eq(True)  # False in tables from before the flag existed
         return table.sort_values("round", ignore_index=True).astype({"round": int})
 
@@ -325,6 +332,19 @@ class RunFolder:
         if not frames:
             return pd.DataFrame(columns=["trial", "strategy", *RESULT_COLUMNS])
         return pd.concat(frames, ignore_index=True)
+
+    def robustness(self) -> pd.DataFrame:
+        """Test accuracy per corruption and severity of every round scored with --robustness, with leading
+        `trial`, `strategy` and `round` columns (empty without any)."""
+        frames = []
+        for trial in self.trials():
+            for strategy in self.strategies(trial):
+                for unit in self.finished_units(trial, strategy):
+                    if unit.robustness.is_file():
+                        frame = pd.read_csv(unit.robustness)
+                        frames.append(frame.assign(trial=trial, strategy=strategy, round=unit.round))
+        columns = ["trial", "strategy", "round", "corruption", "severity", "test_acc"]
+        return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
     def unit_histories(self, strategy: str, round_index: int) -> list[pd.DataFrame]:
         """The learning curves (history.csv) of one round of one strategy, from every trial that finished it."""

@@ -9,7 +9,9 @@ Masks (round 0 is always the dense network, every mask all ones):
 - `random`: prune random survivors of its own previous round (the same per-layer counts as magnitude pruning;
   under global pruning, the counts of `counts_from` at the same round);
 - `borrowed`: the masks of `masks_from` at the same round;
-- `oneshot`: prune the dense round's trained weights (of `dense_round_from`) once, straight to the round's level.
+- `oneshot`: prune the dense round's trained weights (of `dense_round_from`) once, straight to the round's level;
+- `snip`: prune at initialisation, straight to the round's level, by SNIP's connection sensitivity at θ0
+  (`saliency.py`): no training informs the masks.
 Start: `theta0` rewinds to the trial's initial weights θ0 (or, with `--rewind-iteration K`, to θ_K, the dense
 round's weights after K steps, and trains the remaining steps); `reinit` draws fresh weights every round (the same
 draw for every `reinit` strategy at a round, so the two reinitialisation controls differ only in their masks);
@@ -27,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-MASK_SOURCES = ("magnitude", "random", "borrowed", "oneshot")
+MASK_SOURCES = ("magnitude", "random", "borrowed", "oneshot", "snip")
 STARTS = ("theta0", "reinit", "trained")
 
 
@@ -59,6 +61,8 @@ class Strategy:
             return [(self.masks_from, round_index)]
         if self.masks == "oneshot":
             return [(self.dense_round_from, 0)]
+        if self.masks == "snip":
+            return []
         own = [(self.name, round_index - 1)]
         if self.masks == "random" and pruning_scope == "global" and self.counts_from:
             own.append((self.counts_from, round_index))
@@ -72,6 +76,7 @@ REINIT_CHAIN = "reinit_chain"
 LR_REWIND = "lr_rewind"
 FINETUNE = "finetune"
 ONESHOT = "oneshot"
+SNIP = "snip"
 
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
     Strategy(WINNING_TICKET, "winning ticket", "tab:blue", masks="magnitude", start="theta0"),
@@ -87,16 +92,22 @@ STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
              dense_round_from=WINNING_TICKET, final_rate=True),
     Strategy(ONESHOT, "one-shot pruning", "tab:gray", masks="oneshot", start="theta0",
              dense_round_from=WINNING_TICKET),
+    Strategy(SNIP, "SNIP (pruning at init)", "tab:olive", masks="snip", start="theta0",
+             dense_round_from=WINNING_TICKET),
 )}
 
 
+GROUPS = {"all": tuple(STRATEGIES),  # every registered strategy
+          "core": (WINNING_TICKET, REINIT_CONTROL, RANDOM_PRUNING_CONTROL, REINIT_CHAIN)}  # the ticket, its controls
+
+
 def resolve(names: Sequence[str]) -> list[str]:
-    """Validate strategy names ('all' = every registered one), in registry order (the order units run)."""
-    wanted = set(STRATEGIES) if "all" in names else set(names)
+    """Validate strategy names and groups (`GROUPS`), in registry order (the order units run)."""
+    wanted = {member for name in names for member in GROUPS.get(name, (name,))}
     unknown = wanted - set(STRATEGIES)
     if unknown or not wanted:
         raise ValueError(f"unknown strategy {', '.join(sorted(unknown)) or '(none)'}; choose from: "
-                         f"{', '.join(STRATEGIES)}, all")
+                         f"{', '.join(STRATEGIES)}, or a group: {', '.join(GROUPS)}")
     return [name for name in STRATEGIES if name in wanted]
 
 

@@ -26,15 +26,17 @@ class EarlyStopRecorder(keras.callbacks.Callback):
     weights), `final_test_acc`, `train_acc` (kept weights, training split), `ece` (kept weights, test split),
     all accuracies in percent, and `diverged`; `history` holds one row per evaluation, for learning curves. The
     test split is evaluated at every evaluation when `test_every_eval` (curves), else only for the kept and final
-    weights. Training *diverged* when a validation loss is not finite or exceeds `DIVERGED_LOSS`: it is stopped
+    weights. With `iteration_offset` K (training resumed from step K) recorded iterations count from K.
+    Training *diverged* when a validation loss is not finite or exceeds `DIVERGED_LOSS`: it is stopped
     there, and its numbers (NaN where no evaluation was finite) are not results.
     """
 
     def __init__(self, validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
                  eval_every: int, iterations: int, train: tuple[np.ndarray, np.ndarray] | None = None,
-                 test_every_eval: bool = True, eval_batch_size: int = 1000):
+                 test_every_eval: bool = True, eval_batch_size: int = 1000, iteration_offset: int = 0):
         super().__init__()
         self.eval_every = eval_every
+        self.iteration_offset = iteration_offset
         self.iterations = iterations
         self.test_every_eval = test_every_eval
         self.eval_batch_size = eval_batch_size
@@ -53,9 +55,9 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         iteration = int(self.model.optimizer.iterations.numpy())
         if iteration % self.eval_every and iteration != self.iterations:
             return
-        if self.history and self.history[-1]["iteration"] == iteration:
+        if self.history and self.history[-1]["iteration"] == iteration + self.iteration_offset:
             return
-        row = {"iteration": iteration, **self._evaluator.metrics("val")}
+        row = {"iteration": iteration + self.iteration_offset, **self._evaluator.metrics("val")}
         if self.test_every_eval:
             row.update(self._evaluator.metrics("test"))
         finite = [r["val_loss"] for r in self.history if math.isfinite(r["val_loss"])]

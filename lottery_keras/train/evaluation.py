@@ -1,11 +1,16 @@
-"""Evaluating a model: loss and accuracy of a whole split in one device call, logits batch by batch, and
-calibration. Shared by the early-stop recorder (every `eval_every` steps) and by export (Keras vs TFLite)."""
+"""Evaluating a model: loss and accuracy of a whole split in one device call, logits batch by batch, calibration,
+and robustness (common corruptions, FGSM). Shared by the early-stop recorder (every `eval_every` steps), the
+controller (robustness per round) and export (Keras vs TFLite)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from lottery_keras.config import CORRUPTIONS
 
 EVAL_BATCH = 1000
 
@@ -89,3 +94,84 @@ class SplitEvaluator:
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         hits = tf.argmax(logits, axis=1, output_type=tf.int32) == labels
         return tf.reduce_sum(tf.cast(losses, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+# Common corruptions, generated on the fly in pixel space ([0, 1], before normalisation) with the parameters of
+# `config.CORRUPTIONS`, and FGSM. The maintained corruption libraries (imagecorruptions, ImageNet-C) target ≥ 32-pixel
+# colour photographs; these four are defined for any image size and channel count.
+
+
+def _gaussian_noise(pixels: tf.Tensor, sigma: float) -> tf.Tensor:
+    return pixels + sigma * tf.random.stateless_normal(tf.shape(pixels), seed=[0, 0])  # the same draw every time
+
+
+def _gaussian_blur(pixels: tf.Tensor, sigma: float) -> tf.Tensor:
+    offsets = np.arange(-int(np.ceil(2 * sigma)), int(np.ceil(2 * sigma)) + 1, dtype=np.float32)
+    taps = np.exp(-offsets**2 / (2 * sigma**2))
+    kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    channels = int(pixels.shape[-1])
+    filters = tf.constant(np.tile(kernel[:, :, None, None], (1, 1, channels, 1)), tf.float32)
+    return tf.nn.depthwise_conv2d(pixels, filters, strides=[1, 1, 1, 1], padding="SAME")
+
+
+def _contrast(pixels: tf.Tensor, factor: float) -> tf.Tensor:
+    mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
+    return (pixels - mean) * factor + mean
+
+
+def _rotation(pixels: tf.Tensor, degrees: float) -> tf.Tensor:
+    angle = np.deg2rad(degrees)
+    cy, cx = (int(pixels.shape[1]) - 1) / 2, (int(pixels.shape[2]) - 1) / 2
+    cos, sin = np.cos(angle), np.sin(angle)  # output (x, y) samples input (cos·x − sin·y + …, sin·x + cos·y + …)
+    transform = [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
+    transforms = tf.tile(tf.constant([transform], tf.float32), [tf.shape(pixels)[0], 1])
+    return keras.ops.image.affine_transform(pixels, transforms, interpolation="bilinear", fill_mode="constant")
+
+
+_CORRUPT = {"gaussian_noise": _gaussian_noise, "gaussian_blur": _gaussian_blur, "contrast": _contrast,
+            "rotation": _rotation}
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+    """The dataset's per-channel mean and std: model inputs are (pixels − mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_pixels(self, x):
+        return x * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
+
+    def to_inputs(self, pixels):
+        return (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+
+def corruption_accuracies(model: keras.Model, x: np.ndarray, y: np.ndarray, normalisation: Normalisation,
+                          batch_size: int = EVAL_BATCH) -> dict[tuple[str, int], float]:
+    """Accuracy (percent) under every corruption at every severity, keyed by (corruption, severity)."""
+    pixels = normalisation.to_pixels(tf.constant(x))
+    scores = {}
+    for name, (_, parameters) in CORRUPTIONS.items():
+        for severity, parameter in enumerate(parameters, start=1):
+            corrupted = normalisation.to_inputs(tf.clip_by_value(_CORRUPT[name](pixels, parameter), 0.0, 1.0))
+            scores[name, severity] = accuracy(batched_logits(model, corrupted, batch_size), y)
+    return scores
+
+
+def fgsm_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, normalisation: Normalisation, epsilon: float,
+                  batch_size: int = EVAL_BATCH) -> float:
+    """Accuracy (percent) under the fast gradient sign attack (Goodfellow et al., 2015) of pixel size `epsilon`."""
+    hits = 0
+    for start in range(0, len(x), batch_size):
+        inputs = tf.constant(x[start:start + batch_size])
+        labels = tf.constant(y[start:start + batch_size], tf.int32)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            logits = tf.cast(model(inputs, training=False), tf.float32)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        step = epsilon * tf.sign(tape.gradient(loss, inputs))  # the sign is that of the pixel-space gradient
+        attacked = normalisation.to_inputs(tf.clip_by_value(normalisation.to_pixels(inputs) + step, 0.0, 1.0))
+        predictions = tf.argmax(model(attacked, training=False), axis=1, output_type=tf.int32)
+        hits += int(tf.reduce_sum(tf.cast(predictions == labels, tf.int32)))
+    return 100.0 * hits / len(x)

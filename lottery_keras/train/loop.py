@@ -29,8 +29,8 @@ from lottery_keras.nn.models import MaskedModel
 from lottery_keras.train import plan as execution
 from lottery_keras.train import sparse
 from lottery_keras.train.optimizers import FusedAdam
-from lottery_keras.train.schedule import (LearningRateSchedule, chunk_ends, epoch_permutation, rate_at,
-                                          reset_optimizer, steps_per_epoch)
+from lottery_keras.train.schedule import (LearningRateSchedule, chunk_ends, epoch_permutation, reset_optimizer,
+                                          steps_per_epoch)
 
 
 def compile_model(model: MaskedModel, learning_rate: float, epsilon: float = 1e-8) -> None:
@@ -73,15 +73,15 @@ class CompiledLoop:
         self._perm = tf.Variable(tf.zeros([self.num_samples], tf.int32), trainable=False)
         self._run = tf.function(self._run_steps, jit_compile=self.jit_compile)
 
-    def run(self, seed: int, first_step: int, num_steps: int, schedule: LearningRateSchedule | None = None) -> None:
-        """Run steps first_step … first_step + num_steps − 1 of the schedule keyed by `seed`, at the rates of
-        `schedule` (default: the optimizer's current rate)."""
-        if schedule is None:
-            schedule = LearningRateSchedule(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+    def run(self, seed: int, first_step: int, num_steps: int, rates: tf.Tensor | None = None) -> None:
+        """Run steps first_step … first_step + num_steps − 1 of the schedule keyed by `seed`, step s at rate
+        `rates[s]` (`LearningRateSchedule.table`; default: the optimizer's current rate)."""
+        if rates is None:
+            rates = tf.reshape(tf.cast(self.model.optimizer.learning_rate, tf.float32), [1])
         self._run(tf.constant(seed, tf.int64), tf.constant(first_step, tf.int64), tf.constant(num_steps, tf.int64),
-                  **schedule.tensors())
+                  rates)
 
-    def _run_steps(self, seed, first_step, num_steps, base, warmup, drops, factor):
+    def _run_steps(self, seed, first_step, num_steps, rates):
         spe = tf.constant(self.steps_per_epoch, tf.int64)
         self._perm.assign(epoch_permutation(seed, first_step // spe, self.num_samples))
         # A while loop on tensors, not tf.range: XLA would otherwise compile anew for every (first, count) pair.
@@ -96,7 +96,7 @@ class CompiledLoop:
             images = tf.gather(self.x, index)
             if self.augment:
                 images = augment_crop_flip(images, tf.stack([seed, step]))
-            self.model.optimizer.learning_rate.assign(rate_at(step, base, warmup, drops, factor))
+            self.model.optimizer.learning_rate.assign(rates[tf.minimum(step, tf.size(rates, tf.int64) - 1)])
             self.model.train_step((images, tf.gather(self.y, index)))
             step += 1
 
@@ -166,9 +166,9 @@ class Trainer:
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=self.model)
         self.model.stop_training = False
         callback_list.on_train_begin()
-        done = 0
+        done, rates = 0, tf.constant(schedule.table(step_offset + iterations))
         for end in chunk_ends(iterations, eval_every, pause_at):
-            self._compiled.run(seed, step_offset + done, end - done, schedule)
+            self._compiled.run(seed, step_offset + done, end - done, rates)
             done = end
             callback_list.on_train_batch_end(done - 1, {})
             if self.model.stop_training:

@@ -31,25 +31,16 @@ class LearningRateSchedule:
         return LearningRateSchedule(self.base * self.factor ** len(self.drops))
 
     def at(self, steps: Iterable[int]) -> np.ndarray:
-        """The rates of `steps`, float32."""
+        """The rates of `steps`, float32: every training path reads its rates from here."""
         steps = np.asarray(steps, np.int64)
         warm = np.minimum(1.0, (steps + 1) / self.warmup) if self.warmup else np.ones(steps.shape)
         decay = self.factor ** np.searchsorted(np.asarray(self.drops, np.int64), steps, side="right")
         return (self.base * warm * decay).astype(np.float32)
 
-    def tensors(self) -> dict[str, tf.Tensor]:
-        """The schedule as arguments of a compiled function (`rate_at` reads them)."""
-        return {"base": tf.constant(self.base, tf.float32), "warmup": tf.constant(self.warmup, tf.int64),
-                "drops": tf.constant(self.drops, tf.int64, shape=[len(self.drops)]),
-                "factor": tf.constant(self.factor, tf.float32)}
-
-
-def rate_at(step: tf.Tensor, base, warmup, drops, factor) -> tf.Tensor:
-    """`LearningRateSchedule.at` for one step inside a compiled function, from its `tensors()`."""
-    warm = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / tf.cast(tf.maximum(warmup, 1), tf.float32))
-    warm = tf.where(warmup > 0, warm, 1.0)
-    passed = tf.reduce_sum(tf.cast(drops <= step, tf.float32))
-    return base * warm * tf.pow(factor, passed)
+    def table(self, steps: int) -> np.ndarray:
+        """The rates of steps 0 … steps − 1, as a compiled loop indexes them; one entry when constant (a step
+        beyond the table trains at its last rate)."""
+        return self.at(range(1 if self.is_constant else steps))
 
 
 def reset_optimizer(model: keras.Model) -> None:
