@@ -146,6 +146,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--robustness", action="store_true",
                      help="also score every trained ticket under common corruptions and FGSM on the test split "
                           "(finished rounds too): columns corruption_acc, adversarial_acc")
+    how.add_argument("--stability", action="store_true",
+                     help="also train a second copy of every round on another data order and measure the error "
+                          "barrier between the two (finished rounds too; twice the training): column instability")
     how.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory")
 
     plan = parser.add_argument_group("execution plan (default: what measured faster for the architecture here)")
@@ -251,7 +254,7 @@ def command_run(args: argparse.Namespace) -> int:
             print(f"trials on {args.ray_address or f'{args.workers} local'} Ray worker(s), one thread each")
     options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,
                                     verbose=not args.quiet, workers=args.workers, ray_address=args.ray_address,
-                                    robustness=args.robustness)
+                                    robustness=args.robustness, stability=args.stability)
     folder = controller.run_experiment(experiment, args.output_dir, args.data_dir, options)
     print(f"\nResults in {folder.directory} (mean over its finished trials):")
     print(controller.summary_table(folder).to_string())

@@ -1,5 +1,6 @@
-"""Robustness per round (`--robustness`): the corruptions and FGSM on real MNIST, the columns and files a run
-writes, scoring finished rounds afterwards, and the report's section and figure."""
+"""The optional evaluations per round on real MNIST: robustness (`--robustness`: corruptions, FGSM) and stability
+(`--stability`: the error barrier between two copies), the columns and files a run writes, scoring finished rounds
+afterwards, and the report's sections and figures."""
 
 from __future__ import annotations
 
@@ -90,3 +91,24 @@ def test_the_cli_flag_reaches_the_run(tmp_path, capsys):
     assert code == 0
     run_dir = next(tmp_path.glob("mnist-lenet300_100-*"))
     assert "adversarial_acc" in read_json(RunFolder(run_dir).unit(0, "magnitude_rewind", 0).metrics)
+
+
+def test_the_error_barrier_is_the_rise_above_the_ends():
+    assert evaluation.error_barrier({0.0: 90.0, 0.25: 85.0, 0.5: 80.0, 0.75: 88.0, 1.0: 92.0}) == pytest.approx(11.0)
+    assert evaluation.error_barrier({0.0: 90.0, 0.5: 91.0, 1.0: 90.0}) == 0.0  # the ends are on the path
+
+
+def test_stability_trains_a_second_copy_and_measures_the_barrier(tmp_path):
+    experiment = config.from_preset("es667", "mnist", "lenet300_100", **TINY)
+    options = imp.RunOptions(strategies=["magnitude_rewind"], verbose=False, stability=True)
+    folder = imp.run_experiment(experiment, tmp_path, options=options)
+    table = pd.read_csv(folder.results_csv(0, "magnitude_rewind"))
+    assert "instability" in table and table["instability"].notna().all()
+    for row in table.itertuples():
+        path = pd.read_csv(folder.unit(0, "magnitude_rewind", row.round).stability)
+        assert path["alpha"].tolist() == list(evaluation.INTERPOLATION_POINTS)
+        assert path["test_acc"].iloc[0] == pytest.approx(row.final_test_acc)  # α = 0: the trained ticket itself
+        assert path["test_acc"].iloc[-1] != path["test_acc"].iloc[0]  # another data order, another network
+        assert row.instability == pytest.approx(evaluation.error_barrier(dict(zip(path["alpha"], path["test_acc"]))))
+    text = (write_report([folder.directory], tmp_path / "report") / "report.md").read_text()
+    assert "## Stability" in text and "(stability.png)" in text and "| instability |" in text

@@ -44,8 +44,10 @@ FIGURES = {
     "learning_curves": "Learning curves of the winning ticket (solid) and random reinit (dashed)",
     "beyond_accuracy": "Generalization gap, calibration and training time vs weights remaining",
     "robustness": "Robustness vs weights remaining: common corruptions and FGSM",
+    "stability": "Instability (error barrier between two copies trained on different data orders)",
 }
-OPTIONAL_FIGURES = {"robustness": "corruption_acc_mean"}  # drawn only where the rounds have this column
+# Figures drawn only where the rounds have this column (options of the run).
+OPTIONAL_FIGURES = {"robustness": "corruption_acc_mean", "stability": "instability_mean"}
 CIFAR10_NOTE = ("CIFAR-10 figures come from the local lossy copy of the dataset (rebuilt from a JPEG re-encoding, "
                 "pixels differ by up to ~14 grey levels; see shared/datasets/README.md): accuracies can differ "
                 "slightly from published CIFAR-10 numbers.")
@@ -267,7 +269,8 @@ def round_table(strategy_rows: pd.DataFrame) -> pd.DataFrame:
                "test_acc_mean": "test acc", "test_acc_min": "test min", "test_acc_max": "test max",
                "val_acc_mean": "val acc", "final_test_acc_mean": "final test acc",
                "generalization_gap_mean": "gen. gap", "ece_mean": "ECE", "train_seconds_mean": "train s",
-               "corruption_acc_mean": "corruption acc", "adversarial_acc_mean": "FGSM acc"}
+               "corruption_acc_mean": "corruption acc", "adversarial_acc_mean": "FGSM acc",
+               "instability_mean": "instability"}
     columns = {key: name for key, name in columns.items() if key in strategy_rows}
     return strategy_rows[list(columns)].rename(columns=columns).reset_index()
 
@@ -371,6 +374,12 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         caption = FIGURES[stem]
         parts += [f"## {caption}", f"![{caption}]({stem}.png)\n\nVector version: [{stem}.svg]({stem}.svg)"]
     parts += robustness_markdown(runs, rounds, robustness if robustness is not None else pd.DataFrame())
+    if "instability_mean" in rounds:
+        parts += ["## Stability",
+                  "With `--stability`, each round also trains a second copy from the same start on another data "
+                  "order; *instability* is the largest rise of test error along the straight line between the two "
+                  "trained networks (5 points) above the mean error of its ends, in points (Frankle et al., 2020: "
+                  "about 0 means the round's outcome does not depend on the data order)."]
     parts += ["## Per-round results",
               "Means over trials (test accuracy also min and max); generalization gap = train − test accuracy "
               "(points), ECE on the test split (15 bins), training wall time in seconds. All statistics: "
@@ -500,6 +509,8 @@ FIGURE_BUILDERS: dict[str, Callable[[list[Run], pd.DataFrame], Figure]] = {
     "robustness": lambda runs, rounds: metric_figure(
         runs, rounds, [("corruption_acc", "accuracy under corruptions (%, mean)"),
                        ("adversarial_acc", "accuracy under FGSM (%)")]),
+    "stability": lambda runs, rounds: metric_figure(
+        runs, rounds, [("instability", "error barrier on the test split (points)")]),
 }
 
 

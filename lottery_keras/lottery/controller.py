@@ -95,6 +95,7 @@ class RunOptions:
     workers: int = 1  # above 1: trials run side by side on that many local Ray workers (`parallel.py`)
     ray_address: str | None = None  # an existing Ray cluster to run the trials on instead
     robustness: bool = False  # also score each trained ticket under corruptions and FGSM (finished rounds too)
+    stability: bool = False  # also train a second copy per round on another data order: `instability` (costs 2×)
 
     def __post_init__(self):
         if self.workers < 1:
@@ -153,7 +154,7 @@ class TrialRun:
         tickets."""
         unit = self.folder.unit(self.trial, name, round_index)
         if unit.is_resumable():
-            if self._add_robustness(unit):
+            if self._add_evaluations(unit):
                 self.folder.refresh_results(self.trial, name)
             return unit
         strategy = STRATEGIES[name]
@@ -169,7 +170,7 @@ class TrialRun:
         else:
             self._train_round(strategy, unit, self._masks(strategy, round_index, needed),
                               self._start_weights(strategy, round_index, needed))
-        self._add_robustness(unit)
+        self._add_evaluations(unit)
         self.folder.refresh_results(self.trial, name)
         return unit
 
@@ -298,6 +299,37 @@ class TrialRun:
 
     # ------------------------------------------------------------------------------------------ one round
 
+    def _add_evaluations(self, unit: Unit) -> bool:
+        """The optional evaluations the options ask for and the unit lacks; whether any was added."""
+        added = self._add_robustness(unit)
+        return self._add_stability(unit) or added
+
+    def _add_stability(self, unit: Unit) -> bool:
+        """With `options.stability`, train a copy of the unit from its start on another data order and record the
+        error barrier on the linear path between the two (stability.csv, `instability`), unless it is there or
+        the unit diverged."""
+        metrics = unit.read_metrics()
+        if not self.options.stability or "instability" in metrics or metrics.get("diverged"):
+            return False
+        trained = self._trained_model(unit).get_weights()
+        try:
+            self.model.set_weights(load_ticket(unit.ticket_init).get_weights())
+        except TicketError as err:
+            raise DamagedFileError(f"{err}; {unit.redo_hint()}") from None
+        schedule, offset = self._schedule_and_offset(STRATEGIES[unit.strategy], unit.round)
+        self.trainer.train(self.exp.iterations - offset, self.exp.eval_every,
+                           derived_seed(self.seed, unit.round, "data", "copy"), schedule=schedule, step_offset=offset)
+        path = evaluation.interpolation_accuracies(self.model, trained, self.model.get_weights(), self.splits.x_test,
+                                                   self.splits.y_test)
+        write_csv(unit.stability, pd.DataFrame({"alpha": list(path), "test_acc": list(path.values())}))
+        write_json(unit.metrics, {**metrics, "instability": evaluation.error_barrier(path)})
+        return True
+
+    def _schedule_and_offset(self, strategy: Strategy, round_index: int) -> tuple[LearningRateSchedule, int]:
+        """A round's learning-rate schedule, and the step it starts at (K for rounds rewound to θ_K)."""
+        schedule = self.schedule.final() if strategy.final_rate else self.schedule
+        return schedule, self.exp.rewind_iteration if strategy.start == "theta0" and round_index > 0 else 0
+
     def _add_robustness(self, unit: Unit) -> bool:
         """With `options.robustness`, score the unit's trained ticket on the test split under every corruption
         (robustness.csv) and FGSM, and add the means to its metrics, unless they are there or it diverged."""
@@ -320,9 +352,8 @@ class TrialRun:
         self._set_start(start, masks)
         remaining = pruning.remaining_percent(masks)
         save_ticket(self.model, self.splits.input_shape, unit.ticket_init)
-        rewound = strategy.start == "theta0" and unit.round > 0
-        offset = self.exp.rewind_iteration if rewound else 0  # a late rewind trains the steps after K
-        iterations = self.exp.iterations - offset
+        schedule, offset = self._schedule_and_offset(strategy, unit.round)
+        iterations = self.exp.iterations - offset  # a late rewind trains the steps after K
         recorder = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
                                      eval_every=self.exp.eval_every, iterations=iterations,
                                      train=(self.splits.x_train, self.splits.y_train), iteration_offset=offset)
@@ -337,8 +368,8 @@ class TrialRun:
             callbacks.append(ProgressBar(recorder, label))
         started = time.perf_counter()
         self.trainer.train(iterations, self.exp.eval_every, derived_seed(self.seed, unit.round, "data"), callbacks,
-                           schedule=self.schedule.final() if strategy.final_rate else self.schedule,
-                           step_offset=offset, pause_at=[self.exp.rewind_iteration] if keep_rewind_point else [])
+                           schedule=schedule, step_offset=offset,
+                           pause_at=[self.exp.rewind_iteration] if keep_rewind_point else [])
         seconds = time.perf_counter() - started
         if keep_rewind_point and rewind_point.weights is not None:  # None: diverged before step K
             write_npz(unit.rewind_point, rewind_point.weights)

@@ -38,6 +38,7 @@ TICKET_INIT = "ticket_init.keras"
 TICKET_TRAINED = "ticket_trained.keras"
 MASKS = "masks.npz"
 ROBUSTNESS = "robustness.csv"  # test accuracy per corruption and severity, with --robustness
+STABILITY = "stability.csv"  # test accuracy along the path between two copies, with --stability
 REWIND_POINT = "rewind_point.npz"  # θ_K, kept by a dense round from θ0 under late rewinding
 HISTORY = "history.csv"
 METRICS = "metrics.json"
@@ -46,7 +47,7 @@ LOCK = ".lock"
 
 RESULT_COLUMNS = ["round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc", "train_acc",
                   "generalization_gap", "ece", "val_loss", "train_seconds", "diverged"]
-OPTIONAL_COLUMNS = ["corruption_acc", "adversarial_acc"]  # in a table only where a round has them (--robustness)
+OPTIONAL_COLUMNS = ["corruption_acc", "adversarial_acc", "instability"]  # only where rounds have them (options)
 
 
 class RunInUseError(RuntimeError):
@@ -94,6 +95,10 @@ class Unit:
     @property
     def robustness(self) -> Path:
         return self.directory / ROBUSTNESS
+
+    @property
+    def stability(self) -> Path:
+        return self.directory / STABILITY
 
     @property
     def rewind_point(self) -> Path:

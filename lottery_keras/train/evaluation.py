@@ -175,3 +175,28 @@ def fgsm_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, normalisatio
         predictions = tf.argmax(model(attacked, training=False), axis=1, output_type=tf.int32)
         hits += int(tf.reduce_sum(tf.cast(predictions == labels, tf.int32)))
     return 100.0 * hits / len(x)
+
+
+# ---------------------------------------------------------------------------------------------- stability
+
+INTERPOLATION_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def interpolation_accuracies(model: keras.Model, first: list[np.ndarray], second: list[np.ndarray], x: np.ndarray,
+                             y: np.ndarray) -> dict[float, float]:
+    """Accuracy (percent) of `model` at weights (1 − α)·first + α·second for each α of `INTERPOLATION_POINTS`
+    (`get_weights()` lists); the model is left at `first`."""
+    accuracies = {}
+    for alpha in INTERPOLATION_POINTS:
+        model.set_weights([(1.0 - alpha) * a + alpha * b for a, b in zip(first, second)])
+        accuracies[alpha] = accuracy(batched_logits(model, x), y)
+    model.set_weights(first)
+    return accuracies
+
+
+def error_barrier(accuracies: dict[float, float]) -> float:
+    """Instability (Frankle et al., 2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis"): how far
+    the error along the path rises above the mean error of its two ends, in points (about 0: stable)."""
+    errors = {alpha: 100.0 - acc for alpha, acc in accuracies.items()}
+    ends = (errors[INTERPOLATION_POINTS[0]] + errors[INTERPOLATION_POINTS[-1]]) / 2
+    return max(errors.values()) - ends
