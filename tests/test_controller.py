@@ -52,7 +52,8 @@ def test_results_csv_has_the_expected_columns_and_remaining_sequence(finished_tr
         table = pd.read_csv(run_dir / "trial_0" / strategy / "results.csv")
         for column in ("round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc"):
             assert column in table
-        assert table["remaining"].round(2).tolist() == [100.0, 70.0, 49.0]
+        if strategy != "structured":  # whole units: its own sequence (test_structured_pruning_…)
+            assert table["remaining"].round(2).tolist() == [100.0, 70.0, 49.0]
         assert table["round"].tolist() == [0, 1, 2]
         assert table["es_iteration"].isin([30, 60]).all()
         assert (table["test_acc"] > 50).all()
@@ -176,6 +177,28 @@ def test_snip_prunes_theta0_by_connection_sensitivity(finished_trial):
         np.testing.assert_array_equal(w, theta0[name] * masks[2][name])
         assert np.all(masks[2][name] <= masks[1][name])  # one ranking: the levels nest
         assert not np.array_equal(masks[2][name], read_npz(unit(0, "magnitude_rewind", 2).masks)[name])
+
+
+def test_structured_pruning_removes_whole_neurons_of_the_smallest_norm(finished_trial):
+    run_dir, _ = finished_trial
+    unit = RunFolder(run_dir).unit
+    for r in (1, 2):
+        old, new = read_npz(unit(0, "structured", r - 1).masks), read_npz(unit(0, "structured", r).masks)
+        _, trained = kernels(unit(0, "structured", r - 1).ticket_trained)
+        names, inputs = list(trained), None  # inputs: the units of the layer before that survive
+        for name, following in zip(names[:-1], names[1:]):
+            units = new[name].any(axis=0)
+            kept = old[name] if inputs is None else old[name] * inputs[:, None]
+            assert np.all(new[name][:, units] == kept[:, units]) and not new[name][:, ~units].any()
+            inputs = units
+            assert units.sum() == pruning.target_count(units.size, pruning.structured_unit_rate(0.3), r)
+            assert not new[following][~units].any()  # the removed neurons' outgoing weights go too
+            norms = np.abs(trained[name] * kept).sum(axis=0)  # over the inputs that remain
+            assert norms[units].min() >= norms[old[name].any(axis=0) & ~units].max()
+        assert new[names[-1]].any(axis=0).all()  # every class keeps its output unit
+    structured, ticket = (read_json(unit(0, name, 2).metrics)["remaining"]
+                          for name in ("structured", "magnitude_rewind"))
+    assert ticket < structured < 70  # the first layer's inputs stay, so it keeps more than unstructured pruning
 
 
 def test_late_rewinding_and_a_step_schedule(tmp_path):

@@ -104,3 +104,17 @@ def test_tfmot_cross_check_catches_a_wrong_mask(layers):
     too_many = pruning.magnitude_prune(weights, masks, {n: c - 5 for n, c in counts.items()})
     with pytest.raises(pruning.PruningCrossCheckError, match="kept"):
         pruning.check_against_tfmot("fc2", masks["fc2"], too_many["fc2"], 0.3, 1)
+
+
+def test_structured_pruning_follows_channels_through_a_flatten():
+    """A conv of 3 channels on a 2×2 map, flattened (channel fastest) into a dense layer of 4 units, then 2 outputs."""
+    rng = np.random.default_rng(0)
+    conv = rng.normal(size=(3, 3, 1, 3))
+    conv[..., 1] *= 0.01  # channel 1: the smallest norm
+    weights = {"conv": conv, "dense": rng.normal(size=(12, 4)), "out": rng.normal(size=(4, 2))}
+    masks = {name: np.ones_like(w, np.float32) for name, w in weights.items()}
+    new = pruning.structured_prune(weights, masks, {"conv": 2, "dense": 3})
+    assert new["conv"][..., 1].sum() == 0 and new["conv"][..., [0, 2]].all()
+    assert np.array_equal(new["dense"].any(axis=1), np.tile([True, False, True], 4))  # rows of channel 1 gone
+    assert new["dense"].any(axis=0).sum() == 3 and new["out"].any(axis=1).sum() == 3 and new["out"].any(axis=0).all()
+    assert pruning.structured_unit_rate(0.3) == pytest.approx(1 - 0.7 ** 0.5)

@@ -160,7 +160,7 @@ class TrialRun:
         strategy = STRATEGIES[name]
         needed = {dependency: self.ensure_round(*dependency)
                   for dependency in strategy.dependencies(round_index, self.exp.pruning_scope)}
-        pruned = needed.get((name, round_index - 1) if strategy.masks == "magnitude" else
+        pruned = needed.get((name, round_index - 1) if strategy.masks in ("magnitude", "structured") else
                             (strategy.dense_round_from, 0) if strategy.masks == "oneshot" and round_index else None)
         if pruned is not None and pruned.read_metrics().get("diverged"):
             raise ChainStopped(f"{pruned.strategy} round {pruned.round} diverged, so its trained weights give no "
@@ -203,6 +203,8 @@ class TrialRun:
         old_masks = previous.read_masks()
         if strategy.masks == "magnitude":
             return self._magnitude_masks(previous, old_masks, round_index)
+        if strategy.masks == "structured":
+            return self._structured_masks(previous, old_masks, round_index)
         reference = needed.get((strategy.counts_from, round_index))
         return self._random_masks(old_masks, round_index, reference)
 
@@ -215,6 +217,16 @@ class TrialRun:
         new_masks = pruning.magnitude_prune(kernels, old_masks, counts)
         self._cross_check(old_masks, new_masks, round_index, kernels)
         return new_masks
+
+    def _structured_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
+        kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel)
+                   for layer in self._trained_model(previous).masked_layers()}
+        kinds = self.model.layer_kinds()
+        counts = {name: pruning.target_count(mask.shape[-1], pruning.structured_unit_rate(self.rates[name]),
+                                             round_index)
+                  for name, mask in old_masks.items() if kinds[name] != "output"}
+        in_order = {name: old_masks[name] for name in self.layer_names}  # units feed the next layer's inputs
+        return pruning.structured_prune(kernels, in_order, counts)
 
     def _oneshot_masks(self, dense: Unit, round_index: int) -> pruning.Masks:
         """The dense round's trained weights pruned once to the level `round_index` prunings reach."""

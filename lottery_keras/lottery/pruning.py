@@ -64,6 +64,43 @@ def global_magnitude_prune(weights: Weights, masks: Masks, rate: float, prunings
     return {name: flat[bounds[i]:bounds[i + 1]].reshape(masks[name].shape) for i, name in enumerate(names)}
 
 
+def structured_unit_rate(rate: float) -> float:
+    """The share of units a structured pruning removes per round so that a layer whose inputs and outputs both
+    shrink keeps the weights unstructured pruning at `rate` keeps: (1 − u)² = 1 − rate."""
+    return 1.0 - np.sqrt(1.0 - rate)
+
+
+def structured_prune(weights: Weights, masks: Masks, counts: dict[str, int]) -> Masks:
+    """Whole units (a Dense layer's output neurons, a convolution's output channels) of the layers in `counts`,
+    in forward order: each keeps its `counts[name]` surviving units of largest L1 norm (ties by position), and the
+    next layer loses the inputs that came from the removed ones (through a flatten: every position of a removed
+    channel), so the ticket is a smaller dense network. Layers not in `counts` (the output layer) keep their units.
+    """
+    names, new_masks = list(masks), {name: mask.copy() for name, mask in masks.items()}
+    for name, following in zip(names, names[1:] + [None]):
+        if name not in counts:
+            continue
+        mask = new_masks[name]
+        axes = tuple(range(mask.ndim - 1))  # every axis but the units'
+        alive = mask.any(axis=axes)
+        scores = np.where(alive, np.abs(weights[name] * mask).sum(axis=axes), -np.inf)
+        keep = np.zeros(alive.shape, np.float32)
+        keep[np.argsort(-scores, kind="stable")[:min(counts[name], int(alive.sum()))]] = 1.0
+        new_masks[name] = mask * keep
+        if following is not None:
+            new_masks[following] = _without_inputs(new_masks[following], keep)
+    return new_masks
+
+
+def _without_inputs(mask: np.ndarray, kept_units: np.ndarray) -> np.ndarray:
+    """`mask` with the inputs from removed units zeroed: a Dense kernel's rows (channel-fastest after a flatten,
+    as Keras flattens channels-last maps), a convolution's input channels."""
+    if mask.ndim == 2:
+        rows = np.tile(kept_units, mask.shape[0] // kept_units.size)
+        return mask * rows[:, None]
+    return mask * kept_units[:, None]
+
+
 def remaining_percent(masks: Masks) -> float:
     return 100.0 * sum(float(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
 

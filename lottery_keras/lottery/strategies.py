@@ -10,6 +10,9 @@ Masks (round 0 is always the dense network, every mask all ones):
   under global pruning, the counts of `counts_from` at the same round);
 - `borrowed`: the masks of `masks_from` at the same round;
 - `oneshot`: prune the dense round's trained weights (of `dense_round_from`) once, straight to the round's level;
+- `structured`: prune whole units (neurons, channels) of its own previous round by the L1 norm of their trained
+  weights, `pruning.structured_unit_rate` of them per round so that inner layers keep the weights unstructured
+  pruning keeps (the first layer, whose inputs all stay, keeps more); the output layer keeps its units;
 - `snip`: prune at initialisation, straight to the round's level, by SNIP's connection sensitivity at θ0
   (`saliency.py`): no training informs the masks.
 Start: `theta0` rewinds to the trial's initial weights θ0 (or, with `--rewind-iteration K`, to θ_K, the dense
@@ -29,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-MASK_SOURCES = ("magnitude", "random", "borrowed", "oneshot", "snip")
+MASK_SOURCES = ("magnitude", "random", "borrowed", "oneshot", "snip", "structured")
 STARTS = ("theta0", "reinit", "trained")
 
 
@@ -77,6 +80,7 @@ LR_REWIND = "lr_rewind"
 FINETUNE = "finetune"
 ONESHOT = "oneshot"
 SNIP = "snip"
+STRUCTURED = "structured"
 
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
     Strategy(WINNING_TICKET, "winning ticket", "tab:blue", masks="magnitude", start="theta0"),
@@ -93,6 +97,8 @@ STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
     Strategy(ONESHOT, "one-shot pruning", "tab:gray", masks="oneshot", start="theta0",
              dense_round_from=WINNING_TICKET),
     Strategy(SNIP, "SNIP (pruning at init)", "tab:olive", masks="snip", start="theta0",
+             dense_round_from=WINNING_TICKET),
+    Strategy(STRUCTURED, "structured (units)", "tab:cyan", masks="structured", start="theta0",
              dense_round_from=WINNING_TICKET),
 )}
 
