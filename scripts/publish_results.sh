@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Publish what the runs under outputs/ have finished so far: stage every finished round's small files, rebuild each
-# run's report and the study from exactly what is staged, and stage those too. Safe while runs are still going (the
+# Publish what the runs under outputs/ have finished so far, or only the paths given as arguments (one finished
+# trial, say): stage every finished round's small files there, rebuild each run's report and the study from exactly
+# what is staged, and stage those too. Safe while runs are still going (the
 # reports are built from the staged snapshot, not from the live folders). Then review and `git commit`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-git add outputs
+git add "${@:-outputs}"  # default: everything finished; or only the paths given (e.g. one trial)
 snapshot=$(mktemp -d)
 trap 'rm -rf "$snapshot"' EXIT
 git ls-files -z outputs | xargs -0 git checkout-index -f --prefix="$snapshot/" --
