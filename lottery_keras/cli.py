@@ -180,6 +180,9 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
                                                                      ".keras ticket")
     parser.add_argument("--round", type=int, dest="round_index", help="round of a run directory (default: the "
                                                                       "last finished one; 0 = dense)")
+    parser.add_argument("--all-rounds", action="store_true",
+                        help="every finished round of the run's --trial and --strategy: files per round, "
+                             "deploy.csv and deploy.png (size and latency vs weights remaining)")
     parser.add_argument("--strategy", default="magnitude_rewind", help="strategy of a run directory")
     parser.add_argument("--trial", type=int, default=0, help="trial of a run directory")
     parser.add_argument("--formats", default="float,sparse,int8", help="comma-separated: float, sparse, int8")
@@ -284,6 +287,8 @@ def command_export(args: argparse.Namespace) -> int:
     from lottery_keras.deploy.tickets import resolve_ticket
     from lottery_keras.lottery.paths import RunFolder, RunFolderError
 
+    if args.all_rounds:
+        return _export_all_rounds(args)
     ticket = resolve_ticket(Path(args.target), args.round_index, args.strategy, args.trial)
     dataset = args.dataset
     if dataset is None:
@@ -298,6 +303,37 @@ def command_export(args: argparse.Namespace) -> int:
     table = tflite.export_ticket(ticket, splits, formats, output_dir, args.test_limit)
     print(f"{ticket} → {output_dir}")
     print(table.drop(columns=["file", "ticket"]).to_string(index=False))
+    return 0
+
+
+def _export_all_rounds(args: argparse.Namespace) -> int:
+    from lottery_keras import data
+    from lottery_keras.analysis import report
+    from lottery_keras.deploy import tflite
+    from lottery_keras.deploy.tickets import resolve_ticket
+    from lottery_keras.lottery.paths import RunFolder, RunFolderError
+
+    if args.round_index is not None:
+        raise ValueError("--all-rounds exports every finished round; leave out --round")
+    target = Path(args.target)
+    try:
+        run = RunFolder.containing(target) if target.is_dir() else None
+    except RunFolderError:
+        run = None
+    if run is None or run.directory.resolve() != target.resolve():
+        raise ValueError(f"--all-rounds needs a run directory, not {target}")
+    resolve_ticket(run.directory, None, args.strategy, args.trial)  # the same clear errors as for one round
+    splits = data.load(args.dataset or run.experiment().dataset, args.data_dir)
+    formats = [name.strip() for name in args.formats.split(",") if name.strip()]
+    output_dir = Path(args.output_dir) if args.output_dir else run.strategy_dir(args.trial, args.strategy) / "deploy"
+    table = tflite.export_rounds(run, splits, args.strategy, args.trial, formats, output_dir, args.test_limit,
+                                 progress=lambda step: print(f"exporting {step}", flush=True))
+    title = f"{run.directory.name} · trial {args.trial} · {args.strategy}"
+    report.save_figure(report.deployment_figure(table, title), output_dir, "deploy")
+    print(f"{run.directory} → {output_dir} ({tflite.DEPLOY_CSV}, deploy.png)")
+    columns = ["round", "remaining", "format", "parameters", "bytes", "gzip_bytes", "test_acc", "latency_ms",
+               "runtime", "builtin_latency_ms"]
+    print(table[columns].to_string(index=False))
     return 0
 
 

@@ -23,7 +23,7 @@ from lottery_keras.lottery import pruning  # noqa: E402
 from lottery_keras.train import loop as training  # noqa: E402
 from lottery_keras.config import from_preset  # noqa: E402
 from lottery_keras.deploy.tflite import EXPORT_COLUMNS, FORMATS, export_ticket  # noqa: E402
-from lottery_keras.deploy.tickets import resolve_ticket, strip_masks  # noqa: E402
+from lottery_keras.deploy.tickets import compact, resolve_ticket, strip_masks  # noqa: E402
 from lottery_keras.nn.saving import TicketError, load_ticket  # noqa: E402
 from lottery_keras.lottery.paths import RunFolder  # noqa: E402
 from lottery_keras.lottery.pruning import remaining_percent  # noqa: E402
@@ -241,3 +241,54 @@ def test_export_command_without_dataset_outside_a_run_is_a_clear_error(ticket, c
 
     assert cli.main(["export", str(ticket), "--formats", "float"]) == 1
     assert "pass --dataset" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- every round
+
+
+def test_a_structured_ticket_exports_as_the_smaller_dense_network(model, splits):
+    """Units without outgoing weights go: the same logits from a network with fewer parameters."""
+    kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in model.masked_layers()}
+    structured = load_ticket_copy(model)
+    first, second, output = kernels  # the masked layers' names, in forward order
+    masks = pruning.structured_prune(kernels, structured.get_masks(), {first: 150, second: 60})
+    structured.set_masks(masks)
+    plain = strip_masks(structured)
+    small = compact(plain)
+    units = [layer.units for layer in small.layers if isinstance(layer, keras.layers.Dense)]
+    read_by_output = int(masks[output].any(axis=1).sum())  # of the 60, those the sparse output layer still reads
+    assert units == [150, read_by_output, 10] and read_by_output <= 60
+    assert small.count_params() < plain.count_params() / 1.9
+    assert all(isinstance(layer, (keras.layers.Dense, keras.layers.InputLayer, keras.layers.Flatten))
+               for layer in small.layers)  # plain Keras layers: it loads without lottery_keras
+    x = splits.x_test[:500]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(small(x)), keras.ops.convert_to_numpy(plain(x)),
+                               atol=1e-5)
+
+
+def load_ticket_copy(model: MaskedModel) -> MaskedModel:
+    copy = model.__class__.from_config(model.get_config())
+    copy.build((None, 28, 28, 1))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def test_export_all_rounds_writes_every_round_a_table_and_a_figure(tmp_path, capsys):
+    from lottery_keras import cli
+
+    run_args = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "structured", "--rounds", "3",
+                "--iterations", "60", "--eval-every", "60", "--train-subset", "600", "--quiet", "--no-tfmot-check",
+                "--output-dir", str(tmp_path)]
+    assert cli.main(run_args) == 0
+    run_dir = next(tmp_path.glob("mnist-lenet300_100-*"))
+    code = cli.main(["export", str(run_dir), "--all-rounds", "--strategy", "structured", "--formats", "float,int8",
+                     "--test-limit", "300"])
+    assert code == 0, capsys.readouterr().err
+    deploy = run_dir / "trial_0" / "structured" / "deploy"
+    table = pd.read_csv(deploy / "deploy.csv")
+    assert table["round"].tolist() == [0, 0, 1, 1, 2, 2] and table["format"].tolist() == ["float", "int8"] * 3
+    assert table["parameters"].is_monotonic_decreasing and table["parameters"].iloc[-1] < table["parameters"][0]
+    assert (table["builtin_latency_ms"] > 0).all() and (table["latency_ms"] > 0).all()
+    assert (deploy / "deploy.png").stat().st_size > 10_000 and (deploy / "round_02" / "round_02_int8.tflite").is_file()
+    assert cli.main(["export", str(run_dir / "trial_0"), "--all-rounds", "--strategy", "structured"]) == 1
+    assert "needs a run directory" in capsys.readouterr().err

@@ -514,6 +514,33 @@ FIGURE_BUILDERS: dict[str, Callable[[list[Run], pd.DataFrame], Figure]] = {
 }
 
 
+FORMAT_COLORS = {"float": "tab:blue", "sparse": "tab:orange", "int8": "tab:green"}
+
+
+def deployment_figure(table: pd.DataFrame, title: str) -> Figure:
+    """`run.py export --all-rounds`: TFLite file size and single-example latency vs weights remaining, one line
+    per format; latency with the default delegates (solid) and the builtin kernels (dashed)."""
+    figure, axes = new_figure(1, 3, (5.0, 3.6))
+    panels = [("bytes", "file size (kB)"), ("gzip_bytes", "gzipped file size (kB)"),
+              ("latency_ms", "latency, batch 1, one thread (ms)")]
+    for ax, (column, ylabel) in zip(axes[0], panels):
+        for fmt, rows in table.groupby("format", sort=False):
+            color = FORMAT_COLORS.get(fmt)
+            scale = 1e-3 if column.endswith("bytes") else 1.0
+            runtime = rows["runtime"].iloc[0] if column == "latency_ms" else None
+            ax.plot(rows["remaining"], rows[column] * scale, marker="o", markersize=3, color=color,
+                    label=f"{fmt} ({runtime})" if runtime else fmt)
+            if column == "latency_ms":
+                ax.plot(rows["remaining"], rows["builtin_latency_ms"], marker="o", markersize=3, color=color,
+                        linestyle="--", label=f"{fmt} (builtin)")
+        remaining_axis(ax, table["remaining"])
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
+    figure.suptitle(title, fontsize="medium")
+    return figure
+
+
 def save_figure(figure: Figure, directory: Path, stem: str) -> None:
     """PNG and SVG, byte-identical for identical data (no dates, fixed SVG ids), so rebuilt reports diff cleanly."""
     with rc_context({"svg.hashsalt": "lottery_keras"}):

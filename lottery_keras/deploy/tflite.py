@@ -1,10 +1,12 @@
 """TFLite export: convert a ticket (masks stripped, `tickets.py`) to TFLite (float, sparse, int8) and check each
-file against Keras on the test set.
+file against Keras on the test set; `export_rounds` does it for every finished round of a run (deploy.csv).
 
 `export_ticket` converts the plain model with `tf.lite.TFLiteConverter` (via a SavedModel export), runs every
   file with the LiteRT interpreter and returns one row per format: size (raw and gzipped), test accuracy of the
   file and of the Keras ticket, max and mean |Δlogit| (int8 outputs dequantised), agreement of predicted
-  classes (%), and median single-example latency (batch 1, one thread).
+  classes (%), and median single-example latency (batch 1, one thread) with the default delegates and with the
+  builtin kernels. A ticket whose units (neurons, channels) have no outgoing weights left, as structured pruning
+  leaves them, is exported as the smaller dense network it is (`tickets.compact`; column `parameters`).
 
 For int8 the max |Δlogit| is dominated by the few logits outside the output range calibrated on the
 representative images (the quantised output saturates there, typically on the most negative logit, which
@@ -24,17 +26,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 
 from lottery_keras.data import Splits
-from lottery_keras.deploy.tickets import model_input_shape, strip_masks
-from lottery_keras.nn.saving import TicketError, load_ticket
+from lottery_keras.deploy.tickets import compact, model_input_shape, strip_masks
+from lottery_keras.lottery.paths import RunFolder
 from lottery_keras.lottery.pruning import remaining_percent
 from lottery_keras.nn.models import MaskedModel
+from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import atomic_path, write_csv
 from lottery_keras.train.evaluation import accuracy, batched_logits
 
@@ -44,10 +47,11 @@ LATENCY_SAMPLES = 300  # test images timed one by one (batch 1) for the median l
 LATENCY_WARMUP = 10
 EVAL_BATCH = 500  # batch the accuracy pass resizes the interpreter's input to
 EXPORT_CSV = "export.csv"
+DEPLOY_CSV = "deploy.csv"
 
 EXPORT_COLUMNS = ["format", "file", "bytes", "gzip_bytes", "test_acc", "keras_test_acc", "max_abs_logit_diff",
-                  "mean_abs_logit_diff", "agreement", "latency_ms", "runtime", "remaining", "test_samples",
-                  "ticket"]
+                  "mean_abs_logit_diff", "agreement", "latency_ms", "runtime", "builtin_latency_ms", "parameters",
+                  "remaining", "test_samples", "ticket"]
 
 
 # ----------------------------------------------------------------------------------------------- TFLite
@@ -103,16 +107,21 @@ class TFLiteRunner:
     """A LiteRT interpreter over one flatbuffer that takes float images and returns float logits (int8 input
     quantised and output dequantised with the file's own scales)."""
 
-    def __init__(self, model_content: bytes, batch_size: int = 1, num_threads: int | None = None):
+    def __init__(self, model_content: bytes, batch_size: int = 1, num_threads: int | None = None,
+                 builtin: bool = False):
+        """`builtin`: the plain builtin kernels; else the default delegates (XNNPack) where they accept the file."""
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.batch_size = batch_size
-        self.runtime = "xnnpack"
-        try:
-            self.interpreter = self._open(Interpreter, model_content, batch_size, num_threads,
-                                          OpResolverType.AUTO)
-        except (RuntimeError, ValueError):  # XNNPack rejects e.g. sparse int8 FULLY_CONNECTED
-            self.runtime = "builtin"
+        self.runtime, self.interpreter = "builtin", None
+        if not builtin:
+            try:
+                self.interpreter = self._open(Interpreter, model_content, batch_size, num_threads,
+                                              OpResolverType.AUTO)
+                self.runtime = "xnnpack"
+            except (RuntimeError, ValueError):  # XNNPack rejects e.g. sparse int8 FULLY_CONNECTED
+                pass
+        if self.interpreter is None:
             self.interpreter = self._open(Interpreter, model_content, batch_size, num_threads,
                                           OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         self.input = self.interpreter.get_input_details()[0]
@@ -189,7 +198,7 @@ def export_model(model: MaskedModel, splits: Splits, output_dir: str | os.PathLi
     x_test, y_test = splits.x_test[:test_limit], splits.y_test[:test_limit]
     if len(x_test) == 0:
         raise ValueError("the test split is empty; nothing to evaluate the export on")
-    plain = strip_masks(model, splits.input_shape)
+    plain = compact(strip_masks(model, splits.input_shape))
     reference = batched_logits(model, x_test)
     keras_acc, keras_classes = accuracy(reference, y_test), np.argmax(reference, axis=1)
     remaining = round(remaining_percent(model.get_masks()), 4)
@@ -206,6 +215,7 @@ def export_model(model: MaskedModel, splits: Splits, output_dir: str | os.PathLi
             runner = TFLiteRunner(content, batch_size=min(EVAL_BATCH, len(x_test)))
             logits = runner.predict(x_test)
             timer = TFLiteRunner(content, batch_size=1, num_threads=1)
+            builtin = TFLiteRunner(content, batch_size=1, num_threads=1, builtin=True)
             rows.append({
                 "format": fmt, "file": path.name, "bytes": len(content),
                 "gzip_bytes": len(gzip.compress(content, compresslevel=9, mtime=0)),
@@ -214,6 +224,8 @@ def export_model(model: MaskedModel, splits: Splits, output_dir: str | os.PathLi
                 "mean_abs_logit_diff": float(np.mean(np.abs(logits - reference))),
                 "agreement": 100.0 * float(np.mean(np.argmax(logits, axis=1) == keras_classes)),
                 "latency_ms": timer.median_latency_ms(x_test[:latency_samples]), "runtime": timer.runtime,
+                "builtin_latency_ms": builtin.median_latency_ms(x_test[:latency_samples]),
+                "parameters": plain.count_params(),
                 "remaining": remaining, "test_samples": len(x_test), "ticket": stem,
             })
     table = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
@@ -237,3 +249,27 @@ def export_ticket(ticket: Path, splits: Splits, formats: Sequence[str] = FORMATS
                           f"{splits.input_shape}; export it with the dataset it was trained on")
     return export_model(model, splits, ticket.parent if output_dir is None else output_dir, ticket.stem,
                         formats, test_limit)
+
+
+def export_rounds(run: RunFolder, splits: Splits, strategy: str, trial: int, formats: Sequence[str] = FORMATS,
+                  output_dir: Path | None = None, test_limit: int | None = None,
+                  progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """`export_model` for every finished round of (trial, strategy) that has its trained ticket: the files go to
+    `<output_dir>/round_XX/`, and one table (the rounds' rows with a leading `round` column) to
+    `<output_dir>/deploy.csv` (default output_dir: `<strategy folder>/deploy`)."""
+    formats = check_formats(formats)
+    units = [unit for unit in run.finished_units(trial, strategy) if unit.ticket_trained.is_file()]
+    if not units:
+        raise TicketError(f"{run.strategy_dir(trial, strategy)} has no finished round with a trained ticket")
+    output_dir = Path(output_dir) if output_dir is not None else run.strategy_dir(trial, strategy) / "deploy"
+    tables = []
+    for unit in units:
+        if progress is not None:
+            progress(f"round {unit.round}")
+        table = export_model(load_ticket(unit.ticket_trained), splits, output_dir / unit.directory.name,
+                             unit.directory.name, formats, test_limit)
+        tables.append(table.assign(round=unit.round))
+    table = pd.concat(tables, ignore_index=True)
+    table = table[["round", *EXPORT_COLUMNS]]
+    write_csv(output_dir / DEPLOY_CSV, table)
+    return table

@@ -7,6 +7,8 @@
   weightless layers the architecture uses) with kernel = kernel ⊙ mask: the graph comes from the subclassed
   model's own `call` applied to a `keras.Input`, then `keras.models.clone_model` swaps each masked layer for its
   plain counterpart (`PLAIN_LAYERS`). The result loads with `keras.models.load_model` and no custom objects.
+- `compact` drops from a stripped model the units (neurons, channels) whose outgoing weights are all zero, as
+  structured pruning leaves them: the ticket becomes the smaller dense network it is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 
 from lottery_keras.lottery.paths import RunFolder, RunFolderError
 from lottery_keras.lottery.strategies import WINNING_TICKET
@@ -83,6 +86,55 @@ def strip_masks(model: MaskedModel, input_shape: Sequence[int] | None = None) ->
     inputs = keras.Input(input_shape, name="input")
     traced = keras.Model(inputs, copy.call(inputs), name=model.name)
     return keras.models.clone_model(traced, clone_function=_to_plain)
+
+
+def _used_units(layer: keras.layers.Layer, following: keras.layers.Layer) -> np.ndarray:
+    """Which output units of `layer` reach `following` through a nonzero weight (through a flatten, a channel's
+    every position: Keras flattens channels-last maps channel fastest)."""
+    units, kernel = layer.kernel.shape[-1], keras.ops.convert_to_numpy(following.kernel)
+    if isinstance(following, keras.layers.Dense):
+        used = np.abs(kernel).reshape(kernel.shape[0] // units, units, -1).sum(axis=(0, 2)) > 0
+    else:
+        used = np.abs(kernel).sum(axis=(0, 1, 3)) > 0
+    if not used.any():
+        used[0] = True  # a layer keeps one unit, whose output nothing reads
+    return used
+
+
+def _resized(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.ndarray | None) -> keras.layers.Layer:
+    """A copy of a Dense / Conv2D layer keeping only the `inputs` and `outputs` units (None: all)."""
+    kernel, bias = (keras.ops.convert_to_numpy(weight) for weight in (layer.kernel, layer.bias))
+    if inputs is not None:
+        if kernel.ndim == 2:
+            kernel = kernel.reshape(-1, inputs.size, kernel.shape[-1])[:, inputs, :].reshape(-1, kernel.shape[-1])
+        else:
+            kernel = kernel[:, :, inputs, :]
+    if outputs is not None:
+        kernel, bias = kernel[..., outputs], bias[outputs]
+    config = layer.get_config()
+    config["units" if kernel.ndim == 2 else "filters"] = int(kernel.shape[-1])
+    resized = layer.__class__.from_config(config)
+    resized.build((None, kernel.shape[0]) if kernel.ndim == 2 else (None, None, None, kernel.shape[2]))
+    resized.set_weights([kernel, bias])
+    return resized
+
+
+def compact(plain: keras.Model) -> keras.Model:
+    """`plain` (a stripped chain of Dense / Conv2D layers) without the units whose outgoing weights are all zero,
+    and their incoming weights and biases: the same function as a smaller dense network. `plain` itself when no
+    unit can go."""
+    weighted = [layer for layer in plain.layers if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))]
+    outputs = {layer.name: _used_units(layer, following) for layer, following in zip(weighted, weighted[1:])}
+    if all(used.all() for used in outputs.values()):
+        return plain
+    inputs = {following.name: outputs[layer.name] for layer, following in zip(weighted, weighted[1:])}
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if layer.name in outputs or layer.name in inputs:
+            return _resized(layer, inputs.get(layer.name), outputs.get(layer.name))
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(plain, clone_function=clone)
 
 
 # ----------------------------------------------------------------------------------------------- finding tickets
