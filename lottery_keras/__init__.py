@@ -3,6 +3,7 @@
 The package is organised by layer (dependencies point down the list):
 
     cli.py                 the commands of run.py
+    sparsity/              pruning any Keras 3 model with tfmot's API (prune_low_magnitude, schedules, callback)
     lottery/               the IMP controller, the strategy registry, pruning criteria, run folders
     analysis/  deploy/     reports from run folders; tickets and TFLite export
     train/                 the compiled loop, the execution plan, the optimizer, evaluation, callbacks
@@ -15,3 +16,15 @@ opens saved tickets.
 """
 
 __version__ = "0.1.0"
+
+# tensorflow-model-optimization's pruning API for any Keras 3 model (`sparsity/`), loaded on first use.
+_SPARSITY_API = ("ConstantSparsity", "PolynomialDecay", "PruneLowMagnitude", "PruningError", "UpdatePruningStep",
+                 "prune_low_magnitude", "strip_pruning")
+
+
+def __getattr__(name: str):
+    if name in _SPARSITY_API:
+        from lottery_keras import sparsity
+
+        return getattr(sparsity, name)
+    raise AttributeError(f"module 'lottery_keras' has no attribute {name!r}")

@@ -337,6 +337,8 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
     (["--dataset", "mnist", "--arch", "lenet5", "--lr-drops", "30000,20000"], "--lr-drops must be increasing"),
     (["--dataset", "mnist", "--arch", "lenet5", "--lr-drops", "20k"], "not a comma-separated list of steps"),
     (["--dataset", "mnist", "--arch", "lenet5", "--lr-drop-factor", "2"], "--lr-drop-factor must lie in (0, 1]"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--strategy", "structured", "--pruning-scope", "global",
+      "--data-dir", "/nonexistent"], "run it with layerwise pruning"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(args, message, capsys):
     try:

@@ -55,6 +55,13 @@ def test_every_round_records_its_robustness(robust_run):
             assert worst["gaussian_noise"] and worst["rotation"]  # severity 3 no better than severity 1
 
 
+def test_a_copied_dense_round_shares_the_evaluation_of_its_source(robust_run):
+    folder, _, _ = robust_run
+    source, copy = folder.unit(0, "magnitude_rewind", 0), folder.unit(0, "random_rewind", 0)
+    assert source.robustness.read_bytes() == copy.robustness.read_bytes()
+    assert read_json(source.metrics)["adversarial_acc"] == read_json(copy.metrics)["adversarial_acc"]
+
+
 def test_finished_rounds_are_scored_when_asked_later(robust_run, tmp_path):
     _, experiment, _ = robust_run
     plain = imp.run_experiment(experiment, tmp_path, options=imp.RunOptions(strategies=["magnitude_rewind"],

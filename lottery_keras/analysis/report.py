@@ -527,10 +527,10 @@ def deployment_figure(table: pd.DataFrame, title: str) -> Figure:
         for fmt, rows in table.groupby("format", sort=False):
             color = FORMAT_COLORS.get(fmt)
             scale = 1e-3 if column.endswith("bytes") else 1.0
-            runtime = rows["runtime"].iloc[0] if column == "latency_ms" else None
+            runtimes = "/".join(sorted(set(rows["runtime"]))) if column == "latency_ms" else None
             ax.plot(rows["remaining"], rows[column] * scale, marker="o", markersize=3, color=color,
-                    label=f"{fmt} ({runtime})" if runtime else fmt)
-            if column == "latency_ms":
+                    label=f"{fmt} ({runtimes})" if runtimes else fmt)
+            if column == "latency_ms" and runtimes != "builtin":  # else the same measurement twice
                 ax.plot(rows["remaining"], rows["builtin_latency_ms"], marker="o", markersize=3, color=color,
                         linestyle="--", label=f"{fmt} (builtin)")
         remaining_axis(ax, table["remaining"])

@@ -233,6 +233,16 @@ def export_model(model: MaskedModel, splits: Splits, output_dir: str | os.PathLi
     return table
 
 
+def _load_for(ticket: Path, splits: Splits) -> MaskedModel:
+    """The ticket, if it takes the split's images."""
+    model = load_ticket(ticket)
+    shape = model_input_shape(model)
+    if shape != splits.input_shape:
+        raise TicketError(f"{ticket} takes inputs of shape {shape}, but the {splits.name} images are "
+                          f"{splits.input_shape}; export it with the dataset it was trained on")
+    return model
+
+
 def export_ticket(ticket: Path, splits: Splits, formats: Sequence[str] = FORMATS, output_dir: Path | None = None,
                   test_limit: int | None = None) -> pd.DataFrame:
     """Load a ticket file, export it to each TFLite format and compare the files with Keras on the test split.
@@ -242,11 +252,7 @@ def export_ticket(ticket: Path, splits: Splits, formats: Sequence[str] = FORMATS
     """
     formats = check_formats(formats)  # before any slow work
     ticket = Path(ticket)
-    model = load_ticket(ticket)
-    shape = model_input_shape(model)
-    if shape != splits.input_shape:
-        raise TicketError(f"{ticket} takes inputs of shape {shape}, but the {splits.name} images are "
-                          f"{splits.input_shape}; export it with the dataset it was trained on")
+    model = _load_for(ticket, splits)
     return export_model(model, splits, ticket.parent if output_dir is None else output_dir, ticket.stem,
                         formats, test_limit)
 
@@ -266,7 +272,7 @@ def export_rounds(run: RunFolder, splits: Splits, strategy: str, trial: int, for
     for unit in units:
         if progress is not None:
             progress(f"round {unit.round}")
-        table = export_model(load_ticket(unit.ticket_trained), splits, output_dir / unit.directory.name,
+        table = export_model(_load_for(unit.ticket_trained, splits), splits, output_dir / unit.directory.name,
                              unit.directory.name, formats, test_limit)
         tables.append(table.assign(round=unit.round))
     table = pd.concat(tables, ignore_index=True)

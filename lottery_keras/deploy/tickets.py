@@ -121,8 +121,24 @@ def _resized(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.n
 
 def compact(plain: keras.Model) -> keras.Model:
     """`plain` (a stripped chain of Dense / Conv2D layers) without the units whose outgoing weights are all zero,
-    and their incoming weights and biases: the same function as a smaller dense network. `plain` itself when no
-    unit can go."""
+    and their incoming weights and biases, repeated until no unit can go: the same function as a smaller dense
+    network. `plain` itself when no unit can go, or when the model is not such a chain (the smaller network must
+    give the same outputs on a random batch, or is not used)."""
+    current = plain
+    try:
+        while (smaller := _compact_once(current)) is not current:
+            current = smaller
+    except ValueError:  # a branched model: removed units do not line up with the layers that read them
+        return plain
+    if current is plain:
+        return plain
+    probe = np.random.default_rng(0).standard_normal((4, *plain.inputs[0].shape[1:])).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(plain(probe))
+    same = np.allclose(keras.ops.convert_to_numpy(current(probe)), expected, atol=1e-4 * (1 + np.abs(expected).max()))
+    return current if same else plain
+
+
+def _compact_once(plain: keras.Model) -> keras.Model:
     weighted = [layer for layer in plain.layers if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))]
     outputs = {layer.name: _used_units(layer, following) for layer, following in zip(weighted, weighted[1:])}
     if all(used.all() for used in outputs.values()):

@@ -10,6 +10,7 @@ last finished round. Every unit depends only on files (θ0, earlier masks and ti
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -23,7 +24,7 @@ import pandas as pd
 from lottery_keras import data
 from lottery_keras.config import ADVERSARIAL_EPSILON, Experiment
 from lottery_keras.lottery import pruning, saliency, strategies
-from lottery_keras.lottery.paths import RunFolder, Unit
+from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, ROBUSTNESS, STABILITY, RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
 from lottery_keras.nn.models import MaskedModel, build_model
 from lottery_keras.nn.saving import TicketError, load_ticket
@@ -126,6 +127,7 @@ class TrialRun:
                                              experiment.lr_drops, experiment.lr_drop_factor)
         self.trainer = Trainer(self.model, splits.x_train, splits.y_train, batch_size=experiment.batch_size,
                                augment=experiment.augment, plan=plan)
+        self.requested: set[str] = set(options.strategies)
 
     def _build(self, seed: int, model_execution=None) -> MaskedModel:
         return build_model(self.exp.arch, self.splits.input_shape, self.splits.num_classes, self.exp.init, seed,
@@ -134,6 +136,7 @@ class TrialRun:
     # ------------------------------------------------------------------------------------------ schedule
 
     def run(self, names: Sequence[str]) -> None:
+        self.requested = set(names)  # the optional evaluations are for these, not for the units they depend on
         for name in self.folder.strategies(self.trial):
             if self.folder.results_are_stale(self.trial, name):
                 self.folder.refresh_results(self.trial, name)
@@ -154,7 +157,7 @@ class TrialRun:
         tickets."""
         unit = self.folder.unit(self.trial, name, round_index)
         if unit.is_resumable():
-            if self._add_evaluations(unit):
+            if name in self.requested and self._add_evaluations(unit):
                 self.folder.refresh_results(self.trial, name)
             return unit
         strategy = STRATEGIES[name]
@@ -170,7 +173,8 @@ class TrialRun:
         else:
             self._train_round(strategy, unit, self._masks(strategy, round_index, needed),
                               self._start_weights(strategy, round_index, needed))
-        self._add_evaluations(unit)
+        if name in self.requested:
+            self._add_evaluations(unit)
         self.folder.refresh_results(self.trial, name)
         return unit
 
@@ -209,8 +213,7 @@ class TrialRun:
         return self._random_masks(old_masks, round_index, reference)
 
     def _magnitude_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
-        kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel)
-                   for layer in self._trained_model(previous).masked_layers()}
+        kernels = self._trained_kernels(previous)
         if self.exp.pruning_scope == "global":
             return pruning.global_magnitude_prune(kernels, old_masks, self.exp.prune_fc, round_index)
         counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
@@ -219,8 +222,7 @@ class TrialRun:
         return new_masks
 
     def _structured_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
-        kernels = {layer.name: keras.ops.convert_to_numpy(layer.kernel)
-                   for layer in self._trained_model(previous).masked_layers()}
+        kernels = self._trained_kernels(previous)
         kinds = self.model.layer_kinds()
         counts = {name: pruning.target_count(mask.shape[-1], pruning.structured_unit_rate(self.rates[name]),
                                              round_index)
@@ -243,12 +245,20 @@ class TrialRun:
         if self.exp.pruning_scope == "global":
             return pruning.global_magnitude_prune(scores, ones, self.exp.prune_fc, round_index)
         new_masks = pruning.magnitude_prune(scores, ones, pruning.layerwise_counts(ones, self.rates, round_index))
-        self._cross_check(ones, new_masks, round_index)
+        self._cross_check(ones, new_masks, round_index, scores)  # tfmot's threshold, on the scores
         return new_masks
 
     def _trained_model(self, unit: Unit) -> MaskedModel:
+        return self._ticket(unit, unit.ticket_trained)
+
+    def _trained_kernels(self, unit: Unit) -> dict[str, np.ndarray]:
+        return {layer.name: keras.ops.convert_to_numpy(layer.kernel)
+                for layer in self._trained_model(unit).masked_layers()}
+
+    @staticmethod
+    def _ticket(unit: Unit, path) -> MaskedModel:
         try:
-            return load_ticket(unit.ticket_trained)
+            return load_ticket(path)
         except TicketError as err:
             raise DamagedFileError(f"{err}; {unit.redo_hint()}") from None
 
@@ -312,9 +322,29 @@ class TrialRun:
     # ------------------------------------------------------------------------------------------ one round
 
     def _add_evaluations(self, unit: Unit) -> bool:
-        """The optional evaluations the options ask for and the unit lacks; whether any was added."""
+        """The optional evaluations the options ask for and the unit lacks; whether any was added. A copied dense
+        round takes them from the round it copies (the same network), evaluating that one first if needed."""
+        source_name = STRATEGIES[unit.strategy].dense_round_from if unit.strategy in STRATEGIES else None
+        if unit.round == 0 and source_name:
+            source = self.folder.unit(self.trial, source_name, 0)
+            if source.is_resumable():
+                self._add_evaluations(source)
+                return self._borrow_evaluations(source, unit)
         added = self._add_robustness(unit)
         return self._add_stability(unit) or added
+
+    @staticmethod
+    def _borrow_evaluations(source: Unit, unit: Unit) -> bool:
+        metrics, evaluated = unit.read_metrics(), source.read_metrics()
+        added = {key: evaluated[key] for key in OPTIONAL_COLUMNS if key in evaluated and key not in metrics}
+        if not added:
+            return False
+        for name in (ROBUSTNESS, STABILITY):
+            if (source.directory / name).is_file():
+                with atomic_path(unit.directory / name) as tmp:
+                    shutil.copyfile(source.directory / name, tmp)
+        write_json(unit.metrics, {**metrics, **added})
+        return True
 
     def _add_stability(self, unit: Unit) -> bool:
         """With `options.stability`, train a copy of the unit from its start on another data order and record the
@@ -324,17 +354,27 @@ class TrialRun:
         if not self.options.stability or "instability" in metrics or metrics.get("diverged"):
             return False
         trained = self._trained_model(unit).get_weights()
-        try:
-            self.model.set_weights(load_ticket(unit.ticket_init).get_weights())
-        except TicketError as err:
-            raise DamagedFileError(f"{err}; {unit.redo_hint()}") from None
+        self.model.set_weights(self._ticket(unit, unit.ticket_init).get_weights())
         schedule, offset = self._schedule_and_offset(STRATEGIES[unit.strategy], unit.round)
+        watch = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
+                                  eval_every=self.exp.eval_every, iterations=self.exp.iterations - offset,
+                                  test_every_eval=False)  # here only to stop a copy that diverges
+        if self.options.verbose:
+            print(f"trial {self.trial} · {unit.strategy} · round {unit.round}: training a second copy for the "
+                  "stability analysis", flush=True)
         self.trainer.train(self.exp.iterations - offset, self.exp.eval_every,
-                           derived_seed(self.seed, unit.round, "data", "copy"), schedule=schedule, step_offset=offset)
-        path = evaluation.interpolation_accuracies(self.model, trained, self.model.get_weights(), self.splits.x_test,
-                                                   self.splits.y_test)
-        write_csv(unit.stability, pd.DataFrame({"alpha": list(path), "test_acc": list(path.values())}))
-        write_json(unit.metrics, {**metrics, "instability": evaluation.error_barrier(path)})
+                           derived_seed(self.seed, unit.round, "data", "copy"), [watch], schedule=schedule,
+                           step_offset=offset)
+        instability = math.nan
+        if watch.diverged:
+            print(f"warning: trial {self.trial} · {unit.strategy} · round {unit.round}: the stability copy "
+                  "diverged; its instability is left empty", file=sys.stderr, flush=True)
+        else:
+            path = evaluation.interpolation_accuracies(self.model, trained, self.model.get_weights(),
+                                                       self.splits.x_test, self.splits.y_test)
+            write_csv(unit.stability, pd.DataFrame({"alpha": list(path), "test_acc": list(path.values())}))
+            instability = evaluation.error_barrier(path)
+        write_json(unit.metrics, {**metrics, "instability": instability})
         return True
 
     def _schedule_and_offset(self, strategy: Strategy, round_index: int) -> tuple[LearningRateSchedule, int]:
@@ -405,6 +445,9 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
     """Run (or resume) every trial, round and strategy of an experiment; returns the run folder."""
     options = options or RunOptions()
     names = strategies.resolve(options.strategies)
+    if strategies.STRUCTURED in names and experiment.pruning_scope == "global":
+        raise ValueError("the structured strategy prunes whole units layer by layer; run it with layerwise pruning "
+                         "(no --pruning-scope global)")
     if not options.trials or min(options.trials) < 0:
         raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
     folder = open_run_folder(experiment, output_dir)

@@ -346,7 +346,7 @@ class RunFolder:
             for strategy in self.strategies(trial):
                 for unit in self.finished_units(trial, strategy):
                     if unit.robustness.is_file():
-                        frame = pd.read_csv(unit.robustness)
+                        frame = _read_table(unit.robustness, ["corruption", "severity", "test_acc"], unit)
                         frames.append(frame.assign(trial=trial, strategy=strategy, round=unit.round))
         columns = ["trial", "strategy", "round", "corruption", "severity", "test_acc"]
         return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
@@ -356,3 +356,15 @@ class RunFolder:
         units = [self.unit(trial, strategy, round_index) for trial in self.trials()]
         return [unit.read_history() for unit in units
                 if unit.is_finished() and unit.history.is_file() and not unit.read_metrics().get("diverged")]
+
+
+def _read_table(path: Path, columns: list[str], unit: Unit) -> pd.DataFrame:
+    """A small CSV a round wrote, or a DamagedFileError naming it and the fix."""
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
+        raise DamagedFileError(f"{path} cannot be read ({err}); {unit.redo_hint()}") from None
+    missing = [column for column in columns if column not in frame]
+    if missing:
+        raise DamagedFileError(f"{path} lacks the column(s) {', '.join(missing)}; {unit.redo_hint()}")
+    return frame

@@ -14,7 +14,7 @@ Masks (round 0 is always the dense network, every mask all ones):
   weights, `pruning.structured_unit_rate` of them per round so that inner layers keep the weights unstructured
   pruning keeps (the first layer, whose inputs all stay, keeps more); the output layer keeps its units;
 - `snip`: prune at initialisation, straight to the round's level, by SNIP's connection sensitivity at θ0
-  (`saliency.py`): no training informs the masks.
+  (`saliency.py`): no training informs the masks (under late rewinding the survivors still start from θ_K).
 Start: `theta0` rewinds to the trial's initial weights θ0 (or, with `--rewind-iteration K`, to θ_K, the dense
 round's weights after K steps, and trains the remaining steps); `reinit` draws fresh weights every round (the same
 draw for every `reinit` strategy at a round, so the two reinitialisation controls differ only in their masks);
