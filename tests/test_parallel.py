@@ -1,9 +1,14 @@
-"""Trials on parallel Ray workers (`lottery/parallel.py`): the same results and files as a serial run, and one
-clear line when Ray is missing or a cluster does not answer."""
+"""Trials on parallel Ray workers (`lottery/parallel.py`): the same results and files as a serial run, a killed
+worker costing only its unfinished round, and one clear line when Ray is missing or a cluster does not answer."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,6 +17,7 @@ from lottery_keras import cli, config
 from lottery_keras.lottery import controller as imp
 from lottery_keras.lottery.paths import RunFolder
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = dict(rounds=2, iterations=60, eval_every=30, train_subset=600)
 
 
@@ -53,3 +59,32 @@ def test_an_unreachable_cluster_is_one_clear_line_at_once(tmp_path, capsys):
 def test_workers_must_be_a_positive_count():
     with pytest.raises(ValueError, match="--workers must be at least 1"):
         imp.RunOptions(workers=0)
+
+
+def test_a_killed_worker_costs_only_its_unfinished_round(tmp_path):
+    """SIGKILL one Ray worker in the middle of a trial: Ray runs the task again, which resumes after the trial's
+    finished rounds, and the run ends with the results of an uninterrupted serial run."""
+    pytest.importorskip("ray")
+    args = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "magnitude_rewind", "--rounds", "3",
+            "--iterations", "900", "--eval-every", "300", "--train-subset", "600", "--quiet", "--no-tfmot-check",
+            "--trials", "2"]
+    serial = subprocess.run([sys.executable, "run.py", *args, "--output-dir", str(tmp_path / "serial")], cwd=REPO,
+                            capture_output=True, text=True)
+    assert serial.returncode == 0, serial.stderr
+    run = subprocess.Popen([sys.executable, "run.py", *args, "--workers", "2", "--output-dir",
+                            str(tmp_path / "parallel")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    killed, deadline = None, time.monotonic() + 240
+    while killed is None and run.poll() is None and time.monotonic() < deadline:
+        if list((tmp_path / "parallel").glob("*/trial_*/magnitude_rewind/round_00/metrics.json")):
+            workers = subprocess.run(["pgrep", "-f", "ray::_run_trial"], capture_output=True, text=True).stdout
+            if workers.split():
+                killed = int(workers.split()[0])
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    _, err = run.communicate(timeout=600)
+    assert killed is not None, "no worker was caught mid-trial"
+    assert run.returncode == 0, err
+    want, got = (RunFolder(next(folder.glob("mnist-*"))).results().drop(columns="train_seconds")
+                 for folder in (tmp_path / "serial", tmp_path / "parallel"))
+    pd.testing.assert_frame_equal(got, want)
