@@ -127,7 +127,7 @@ class TrialRun:
                                              experiment.lr_drops, experiment.lr_drop_factor)
         self.trainer = Trainer(self.model, splits.x_train, splits.y_train, batch_size=experiment.batch_size,
                                augment=experiment.augment, plan=plan)
-        self.requested: set[str] = set(options.strategies)
+        self.requested = set(strategies.resolve(options.strategies))  # `run` narrows it to the names it runs
 
     def _build(self, seed: int, model_execution=None) -> MaskedModel:
         return build_model(self.exp.arch, self.splits.input_shape, self.splits.num_classes, self.exp.init, seed,
@@ -163,8 +163,7 @@ class TrialRun:
         strategy = STRATEGIES[name]
         needed = {dependency: self.ensure_round(*dependency)
                   for dependency in strategy.dependencies(round_index, self.exp.pruning_scope)}
-        pruned = needed.get((name, round_index - 1) if strategy.masks in ("magnitude", "structured") else
-                            (strategy.dense_round_from, 0) if strategy.masks == "oneshot" and round_index else None)
+        pruned = self._pruned_unit(strategy, round_index, needed)
         if pruned is not None and pruned.read_metrics().get("diverged"):
             raise ChainStopped(f"{pruned.strategy} round {pruned.round} diverged, so its trained weights give no "
                                "magnitude masks (a lower --lr may help)")
@@ -177,6 +176,15 @@ class TrialRun:
             self._add_evaluations(unit)
         self.folder.refresh_results(self.trial, name)
         return unit
+
+    @staticmethod
+    def _pruned_unit(strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]) -> Unit | None:
+        """The unit whose trained weights this round's masks are cut from, if any."""
+        if strategy.masks in ("magnitude", "structured"):
+            return needed.get((strategy.name, round_index - 1))
+        if strategy.masks == "oneshot" and round_index:
+            return needed[strategy.dense_round_from, 0]
+        return None
 
     @staticmethod
     def _copy_unit(source: Unit, unit: Unit) -> None:
