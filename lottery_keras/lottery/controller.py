@@ -167,7 +167,9 @@ class TrialRun:
         if pruned is not None and pruned.read_metrics().get("diverged"):
             raise ChainStopped(f"{pruned.strategy} round {pruned.round} diverged, so its trained weights give no "
                                "magnitude masks (a lower --lr may help)")
-        if round_index == 0 and strategy.dense_round_from:  # the same computation: copy it
+        if strategy.same_at_constant_rate and self.schedule.is_constant:  # the same computation: copy it
+            self._copy_unit(self.ensure_round(strategy.same_at_constant_rate, round_index), unit)
+        elif round_index == 0 and strategy.dense_round_from:  # the same computation: copy it
             self._copy_unit(needed[strategy.dense_round_from, 0], unit)
         else:
             self._train_round(strategy, unit, self._masks(strategy, round_index, needed),

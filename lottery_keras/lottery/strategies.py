@@ -20,7 +20,8 @@ round's weights after K steps, and trains the remaining steps); `reinit` draws f
 draw for every `reinit` strategy at a round, so the two reinitialisation controls differ only in their masks);
 `trained` keeps the previous round's trained weights (Renda et al. 2020). Rounds train with the configured
 learning-rate schedule from its start, or, with `final_rate`, at the rate it ends at (fine-tuning). With a
-constant rate, as in both presets, `lr_rewind` and `finetune` are the same computation.
+constant rate, as in both presets, `lr_rewind` and `finetune` are the same computation, so `finetune`'s rounds are
+copied from `lr_rewind`'s.
 
 The two reinitialisation controls answer different questions. The paper's (`magnitude_random`) trains the winning
 ticket's own masks from a fresh init: is it the masks or the weights? The ES667 study's (`reinit_chain`) is a
@@ -47,6 +48,7 @@ class Strategy:
     counts_from: str | None = None  # `random` masks under global pruning: whose per-layer counts
     dense_round_from: str | None = None  # round 0 is the same computation as this strategy's round 0: copied
     final_rate: bool = False  # train at the schedule's final learning rate (fine-tuning)
+    same_at_constant_rate: str | None = None  # the strategy whose computation this is when the rate is constant
 
     def __post_init__(self):
         if self.masks not in MASK_SOURCES or self.start not in STARTS:
@@ -93,7 +95,7 @@ STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
     Strategy(LR_REWIND, "LR rewinding", "tab:purple", masks="magnitude", start="trained",
              dense_round_from=WINNING_TICKET),
     Strategy(FINETUNE, "fine-tuning", "tab:brown", masks="magnitude", start="trained",
-             dense_round_from=WINNING_TICKET, final_rate=True),
+             dense_round_from=WINNING_TICKET, final_rate=True, same_at_constant_rate=LR_REWIND),
     Strategy(ONESHOT, "one-shot pruning", "tab:gray", masks="oneshot", start="theta0",
              dense_round_from=WINNING_TICKET),
     Strategy(SNIP, "SNIP (pruning at init)", "tab:olive", masks="snip", start="theta0",
