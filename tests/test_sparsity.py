@@ -94,8 +94,12 @@ def test_mobilenet_v2_prunes_strips_and_exports_to_tflite():
 
 def test_layers_can_be_chosen_by_name_or_predicate():
     model = residual_model()
-    only = prune_low_magnitude(model, layers=["hidden"])
-    assert [layer.name for layer in pruned_layers(only)] == ["prune_low_magnitude_hidden"]
+    for choice in (["hidden"], "hidden"):
+        only = prune_low_magnitude(model, layers=choice)
+        assert [layer.name for layer in pruned_layers(only)] == ["prune_low_magnitude_hidden"]
+    with pytest.raises(PruningError, match=r"cannot prune add(_\d+)? \(Add\)"):
+        prune_low_magnitude(model, layers=["hidden", next(layer.name for layer in model.layers
+                                                          if isinstance(layer, keras.layers.Add))])
     convs = prune_low_magnitude(model, layers=lambda layer: isinstance(layer, keras.layers.Conv2D))
     assert len(pruned_layers(convs)) == 2
     with pytest.raises(PruningError, match="no layer named hiden"):

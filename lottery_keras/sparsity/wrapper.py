@@ -154,7 +154,7 @@ def prune_low_magnitude(to_prune: keras.Model, pruning_schedule: PruningSchedule
     the `UpdatePruningStep` callback so that the masks follow the schedule."""
     _cloneable(to_prune, "prune_low_magnitude")
     if layers is not None and not callable(layers):
-        layers = list(layers)
+        layers = [layers] if isinstance(layers, str) else list(layers)
         by_name = {layer.name: layer for layer in to_prune.layers}
         unknown = [name for name in layers if name not in by_name]
         if unknown:
