@@ -16,7 +16,10 @@ from lottery_keras.lottery.paths import RESULT_COLUMNS, RunFolder, RunFolderErro
 from lottery_keras.storage import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLISHED = sorted(path.parent for path in (REPO / "outputs").glob("*/config.json"))
+# The runs git tracks (runs still going beside them have a config.json too, but nothing published yet).
+PUBLISHED = sorted((REPO / path).parent for path in subprocess.run(
+    ["git", "-C", str(REPO), "ls-files", "outputs/*/config.json"], capture_output=True, text=True,
+    check=True).stdout.split())
 
 
 def metrics(round_index: int, test_acc: float) -> dict:

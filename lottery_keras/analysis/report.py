@@ -401,16 +401,18 @@ def new_figure(rows: int, columns: int, panel_size: tuple[float, float]) -> tupl
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def remaining_axis(ax, remaining: pd.Series) -> None:
-    """Log x axis from 100% (left) to the sparsest level (right), one labelled tick per remaining %."""
+def remaining_axis(ax, remaining: pd.Series, ticks: pd.Series | None = None) -> None:
+    """Log x axis from 100% (left) to the sparsest level (right), one labelled tick per remaining % of `ticks`
+    (default: of `remaining`; strategies that prune at other rates would crowd the labels)."""
     levels = sorted(set(remaining.round(4)), reverse=True)
     ax.set_xscale("log")
     if levels:
         ax.set_xlim(levels[0] * 1.15, levels[-1] / 1.15)
-    ax.xaxis.set_major_locator(FixedLocator(levels))
+    labelled = levels if ticks is None or ticks.empty else sorted(set(ticks.round(4)), reverse=True)
+    ax.xaxis.set_major_locator(FixedLocator(labelled))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.tick_params(axis="x", labelrotation=45 if len(levels) > 8 else 0)
+    ax.tick_params(axis="x", labelrotation=45 if len(labelled) > 8 else 0)
     ax.set_xlabel("weights remaining (%, log scale)")
     ax.grid(True, alpha=0.3)
 
@@ -441,7 +443,8 @@ def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str,
             band_plot(ax, rounds, run.label, metric)
             if dense_line:
                 add_dense_line(ax, strategy_rounds(rounds, run.label, TICKET), metric)
-            remaining_axis(ax, rounds.loc[rounds["run"] == run.label, "remaining"])
+            remaining_axis(ax, rounds.loc[rounds["run"] == run.label, "remaining"],
+                           ticks=strategy_rounds(rounds, run.label, TICKET)["remaining"])
             ax.set_ylabel(ylabel)
             ax.set_title(run.label, fontsize="medium")
         if row[0].get_legend_handles_labels()[0]:  # a run with no finished round has nothing to label
