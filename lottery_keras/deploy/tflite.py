@@ -8,7 +8,7 @@ file against Keras on the test set; `export_rounds` does it for every finished r
   builtin kernels. A ticket whose units (neurons, channels) have no outgoing weights left, as structured pruning
   leaves them, is exported as the smaller dense network it is in the `float` format (`tickets.compact`; column
   `parameters`). The sparse formats keep the full shapes: their encoding already drops the zeros, and the
-  converter's sparse encodings of compacted collapsed tickets (below ~1.4 % of the weights) disagreed with Keras.
+  converter's sparse encodings of compacted collapsed tickets disagreed with Keras (README, "Deployment").
 
 For int8 the max |Δlogit| is dominated by the few logits outside the output range calibrated on the
 representative images (the quantised output saturates there, typically on the most negative logit, which
