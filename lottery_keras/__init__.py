@@ -3,6 +3,7 @@
 The package is organised by layer (dependencies point down the list):
 
     cli.py                 the commands of run.py
+    lottery/find.py        find_ticket: IMP on one's own Keras 3 model and data, through the same controller
     sparsity/              pruning any Keras 3 model with tfmot's API (prune_low_magnitude, schedules, callback)
     lottery/               the IMP controller, the strategy registry, pruning criteria, run folders
     analysis/  deploy/     reports from run folders; tickets and TFLite export
@@ -22,7 +23,15 @@ _SPARSITY_API = ("ConstantSparsity", "PolynomialDecay", "PruneLowMagnitude", "Pr
                  "prune_low_magnitude", "strip_pruning")
 
 
+# Lottery tickets for one's own model and data (`lottery/find.py`), loaded on first use.
+_FIND_API = ("TicketSearch", "find_ticket")
+
+
 def __getattr__(name: str):
+    if name in _FIND_API:
+        from lottery_keras.lottery import find
+
+        return getattr(find, name)
     if name in _SPARSITY_API:
         from lottery_keras import sparsity
 

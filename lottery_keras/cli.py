@@ -78,6 +78,13 @@ _natural = _checked(int, lambda v: v >= 0, "must be 0 or more")
 _folder = _checked(str, lambda v: v.strip() != "", "must name a folder (an empty path would mean the current one)")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no layer (give comma-separated layer names)")
+    return names
+
+
 def _steps(text: str) -> tuple[int, ...]:
     """A comma-separated list of training steps, e.g. `20000,30000`."""
     try:
@@ -93,11 +100,20 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from lottery_keras.data import ALIASES, DATASETS
     from lottery_keras.lottery.strategies import GROUPS, STRATEGIES
 
-    what = parser.add_argument_group("what to run")
-    what.add_argument("--dataset", required=True, choices=sorted([*DATASETS, *ALIASES]), metavar="NAME",
+    what = parser.add_argument_group("what to run (a dataset or --data, and an architecture or --model)")
+    what.add_argument("--dataset", choices=sorted([*DATASETS, *ALIASES]), metavar="NAME",
                       help=f"one of: {', '.join(DATASETS)} (aliases: {', '.join(ALIASES)})")
-    what.add_argument("--arch", required=True, choices=sorted([*ARCHITECTURES, *ARCH_ALIASES]), metavar="NAME",
+    what.add_argument("--data", metavar="FILE.npz",
+                      help="data of one's own: arrays x_train, y_train and optionally x_val, y_val, x_test, y_test "
+                           "(inputs as the model takes them, labels as class indices)")
+    what.add_argument("--arch", choices=sorted([*ARCHITECTURES, *ARCH_ALIASES]), metavar="NAME",
                       help=f"one of: {', '.join(ARCHITECTURES)} (aliases: {', '.join(ARCH_ALIASES)})")
+    what.add_argument("--model", metavar="FILE.keras",
+                      help="a Sequential or functional Keras 3 classifier of one's own, ending in logits: its Dense "
+                           "and convolution layers are pruned, θ0 drawn from its own initializers (es667 protocol "
+                           "unless overridden)")
+    what.add_argument("--layers", type=_names, metavar="A,B,…",
+                      help="with --model: the layers to prune (default: every Dense and convolution layer)")
     what.add_argument("--strategy", action="append", choices=[*STRATEGIES, *GROUPS], metavar="NAME",
                       help=f"{', '.join(STRATEGIES)}, or core (the winning ticket and its three controls) or all "
                            "(repeatable; default magnitude_rewind)")
@@ -189,6 +205,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=_folder,
                         help="where the .tflite files and export.csv go (default: beside the ticket)")
     parser.add_argument("--dataset", help="test data for a ticket outside a run directory (default: the run's)")
+    parser.add_argument("--data", metavar="FILE.npz", help="data of one's own to test on (what the run trained on)")
     parser.add_argument("--data-dir", type=_folder, help="folder holding the datasets (as for `run`)")
     parser.add_argument("--test-limit", type=_positive_int, metavar="N", help="evaluate on the first N test images")
 
@@ -232,9 +249,21 @@ def command_run(args: argparse.Namespace) -> int:
     from lottery_keras.lottery import strategies
     from lottery_keras.lottery.paths import RunFolder
 
-    experiment = config.from_preset(args.preset, args.dataset, args.arch,
-                                    **{name: getattr(args, name) for name in _EXPERIMENT_FIELDS})
+    own = _check_what(args)
     names = strategies.resolve(args.strategy or [strategies.WINNING_TICKET])
+    fields = {name: getattr(args, name) for name in _EXPERIMENT_FIELDS}
+    network = splits = None
+    if own:
+        quiet_tensorflow()
+        from lottery_keras import data
+        from lottery_keras.lottery import find
+
+        run = find.prepare(_load_model(args.model) if args.model else args.arch,
+                           data.load_arrays(args.data) if args.data else args.dataset, layers=args.layers,
+                           **fields)
+        experiment, network, splits = run.experiment, run.network, run.splits
+    else:
+        experiment = config.from_preset(args.preset, args.dataset, args.arch, **fields)
     folder = RunFolder.for_experiment(experiment, args.output_dir)
     if args.dry_run:
         print(f"preset: {args.preset}")
@@ -248,7 +277,7 @@ def command_run(args: argparse.Namespace) -> int:
     from lottery_keras.train import plan as execution
 
     plan = execution.apply_threads(execution.decide(  # before TensorFlow's runtime starts
-        experiment.arch, loop=args.loop, jit_compile=args.jit_compile, fused_kernels=args.fused_kernels,
+        experiment.builtin_arch, loop=args.loop, jit_compile=args.jit_compile, fused_kernels=args.fused_kernels,
         sparse_kernels=args.sparse_kernels if experiment.precision == "float32" else False,
         batch_shards=args.batch_shards, threads=args.threads))
     if not args.quiet:
@@ -258,10 +287,46 @@ def command_run(args: argparse.Namespace) -> int:
     options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,
                                     verbose=not args.quiet, workers=args.workers, ray_address=args.ray_address,
                                     robustness=args.robustness, stability=args.stability)
-    folder = controller.run_experiment(experiment, args.output_dir, args.data_dir, options)
+    folder = controller.run_experiment(experiment, args.output_dir, args.data_dir, options, network=network,
+                                       splits=splits)
     print(f"\nResults in {folder.directory} (mean over its finished trials):")
     print(controller.summary_table(folder).to_string())
     return 0
+
+
+def _check_what(args: argparse.Namespace) -> bool:
+    """Exactly one dataset source and one architecture source; whether the run is on something of one's own."""
+    if (args.dataset is None) == (args.data is None):
+        raise ValueError("give one of --dataset NAME (a built-in dataset) and --data FILE.npz (data of one's own)")
+    if (args.arch is None) == (args.model is None):
+        raise ValueError("give one of --arch NAME (a built-in architecture) and --model FILE.keras (a model of "
+                         "one's own)")
+    if args.layers and not args.model:
+        raise ValueError("--layers chooses layers of a model of one's own; use it with --model")
+    own = args.model is not None or args.data is not None
+    if own and args.preset != "es667":
+        raise ValueError(f"--preset {args.preset} defines its protocol for the built-in architectures and datasets; "
+                         "with --model or --data the es667 protocol applies, with your overrides")
+    return own
+
+
+def _load_model(path: str):
+    """A Keras model file, or one clear line saying why it is not one."""
+    import keras
+
+    from lottery_keras import nn  # noqa: F401  (registers the masked layers, should the file use them)
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--model {path}: no such file")
+    if file.suffix != ".keras":
+        raise ValueError(f"--model {path}: Keras 3 opens only .keras model files (model.save('model.keras'))")
+    try:
+        return keras.models.load_model(file, compile=False)
+    except Exception as err:  # noqa: BLE001  (any loader failure means: not a model file we can use)
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"--model {path} could not be loaded as a Keras model: {type(err).__name__}: "
+                         f"{first_line}") from None
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -282,7 +347,6 @@ def command_study(args: argparse.Namespace) -> int:
 
 def command_export(args: argparse.Namespace) -> int:
     quiet_tensorflow()
-    from lottery_keras import data
     from lottery_keras.deploy import tflite
     from lottery_keras.deploy.tickets import resolve_ticket
     from lottery_keras.lottery.paths import RunFolder, RunFolderError
@@ -290,14 +354,14 @@ def command_export(args: argparse.Namespace) -> int:
     if args.all_rounds:
         return _export_all_rounds(args)
     ticket = resolve_ticket(Path(args.target), args.round_index, args.strategy, args.trial)
-    dataset = args.dataset
-    if dataset is None:
-        try:
-            dataset = RunFolder.containing(ticket).experiment().dataset
-        except RunFolderError:
-            raise ValueError(f"{ticket} is not inside a run directory; pass --dataset to say which test data to "
-                             "use") from None
-    splits = data.load(dataset, args.data_dir)
+    try:
+        experiment = RunFolder.containing(ticket).experiment()
+    except RunFolderError:
+        experiment = None
+    if experiment is None and args.dataset is None and args.data is None:
+        raise ValueError(f"{ticket} is not inside a run directory; pass --dataset or --data to say which test data "
+                         "to use")
+    splits = _export_splits(args, experiment)
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
     output_dir = Path(args.output_dir) if args.output_dir else ticket.parent
     table = tflite.export_ticket(ticket, splits, formats, output_dir, args.test_limit)
@@ -306,8 +370,19 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_all_rounds(args: argparse.Namespace) -> int:
+def _export_splits(args: argparse.Namespace, experiment):
+    """The data to test an export on: --data or --dataset, else the run's own dataset."""
     from lottery_keras import data
+
+    if args.data:
+        return data.load_arrays(args.data)
+    if args.dataset is None and experiment.data:
+        raise ValueError(f"the run was trained on data of one's own ({experiment.dataset}); pass that file again "
+                         "with --data FILE.npz")
+    return data.load(args.dataset or experiment.dataset, args.data_dir)
+
+
+def _export_all_rounds(args: argparse.Namespace) -> int:
     from lottery_keras.analysis import report
     from lottery_keras.deploy import tflite
     from lottery_keras.deploy.tickets import resolve_ticket
@@ -323,7 +398,7 @@ def _export_all_rounds(args: argparse.Namespace) -> int:
     if run is None or run.directory.resolve() != target.resolve():
         raise ValueError(f"--all-rounds needs a run directory, not {target}")
     resolve_ticket(run.directory, None, args.strategy, args.trial)  # the same clear errors as for one round
-    splits = data.load(args.dataset or run.experiment().dataset, args.data_dir)
+    splits = _export_splits(args, run.experiment())
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
     output_dir = Path(args.output_dir) if args.output_dir else run.strategy_dir(args.trial, args.strategy) / "deploy"
     table = tflite.export_rounds(run, splits, args.strategy, args.trial, formats, output_dir, args.test_limit,

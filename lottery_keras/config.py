@@ -2,7 +2,8 @@
 
 Every field of `Experiment` that changes what a round produces goes into the hash: all but `rounds`, which only
 says how far to go (a run extended by more rounds continues in its own directory), and, under global pruning,
-the conv and output rates it does not use. How a run is executed (trials, strategies, folders, the execution
+the conv and output rates it does not use. A model or data of one's own enters by its fingerprint (`model`,
+`data`), its name only naming the directory. How a run is executed (trials, strategies, folders, the execution
 plan) is passed to the controller separately. Two commands that resolve to the same `Experiment` share a
 directory and resume each other's work; any difference gives a new directory. Imports no TensorFlow.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from lottery_keras.catalog import INITIALIZERS, PRECISIONS, canonical_arch
 from lottery_keras.data import DATASETS, canonical_name
 
 PRUNING_SCOPES = ("layerwise", "global")
+OWN_INIT = "own"  # the initializers a model of one's own declares, seeded from the trial's seed
 MAX_LEARNING_RATE = 1.0
 # The robustness protocol (`run.py --robustness`, `train/evaluation.py`): each corruption's parameter at severities
 # 1, 2, 3 (pixel scale [0, 1]), and the FGSM step per dataset.
@@ -49,16 +52,22 @@ class Experiment:
     warmup_iterations: int = 0  # linear learning-rate warm-up over the first steps
     lr_drops: tuple[int, ...] = ()  # steps at which the learning rate is multiplied by lr_drop_factor
     lr_drop_factor: float = 0.1
+    model: str | None = None  # a network of one's own (`nn/network.py`): its fingerprint; `arch` is its name
+    data: str | None = None  # data of one's own: its fingerprint; `dataset` is its name
 
     def __post_init__(self):
-        object.__setattr__(self, "dataset", canonical_name(self.dataset))
-        object.__setattr__(self, "arch", canonical_arch(self.arch))
+        if self.data is None:
+            object.__setattr__(self, "dataset", canonical_name(self.dataset))
+        if self.model is None:
+            object.__setattr__(self, "arch", canonical_arch(self.arch))
         object.__setattr__(self, "lr_drops", tuple(int(step) for step in self.lr_drops))  # a list, from JSON
-        train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train subset must be at least 1 sample, not {self.train_subset}")
-        if self.batch_size > train_size:
-            raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
+        if self.data is None:  # one's own data is checked against the batch size where it is loaded
+            train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
+            if self.batch_size > train_size:
+                raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
+        self._check_own_names()
         for name in ("prune_fc", "prune_conv", "prune_output"):
             rate = getattr(self, name)
             if not 0.0 < rate < 1.0 or np.float32(rate) == 0:
@@ -82,13 +91,31 @@ class Experiment:
                              f"{','.join(map(str, self.lr_drops))}")
         if not 0 < self.lr_drop_factor <= 1:
             raise ValueError(f"--lr-drop-factor must lie in (0, 1], not {self.lr_drop_factor}")
-        if self.init not in INITIALIZERS:
+        if self.model is None and self.init not in INITIALIZERS:
             raise ValueError(f"unknown init {self.init!r}; choose one of: {', '.join(INITIALIZERS)}")
+        if self.model is not None and (self.init != OWN_INIT or self.precision != "float32"):
+            raise ValueError(f"a model of one's own keeps its own initializers and dtypes (init {OWN_INIT!r}, "
+                             f"precision float32), not init {self.init!r}, precision {self.precision!r}")
         if self.pruning_scope not in PRUNING_SCOPES:
             raise ValueError(f"unknown pruning scope {self.pruning_scope!r}; choose one of: "
                              f"{', '.join(PRUNING_SCOPES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+    def _check_own_names(self) -> None:
+        for field, value in (("arch", self.arch), ("dataset", self.dataset)):
+            if not NAME_PATTERN.fullmatch(value):
+                raise ValueError(f"{field} {value!r} cannot name a run directory: use letters, digits and _ . -")
+
+    @property
+    def builtin_arch(self) -> str | None:
+        """The architecture's registry name, None for a model of one's own."""
+        return None if self.model else self.arch
+
+    @property
+    def builtin_dataset(self) -> str | None:
+        """The dataset's registry name, None for data of one's own."""
+        return None if self.data else self.dataset
 
     def to_dict(self) -> dict:
         """The fields as JSON would give them back; fields added after runs were published are left out at their
@@ -117,7 +144,14 @@ class Experiment:
 
 
 # Fields added after runs were published, with their defaults (see `Experiment.to_dict`).
-_LATER_FIELDS = {"rewind_iteration": 0, "warmup_iterations": 0, "lr_drops": [], "lr_drop_factor": 0.1}
+_LATER_FIELDS = {"rewind_iteration": 0, "warmup_iterations": 0, "lr_drops": [], "lr_drop_factor": 0.1,
+                 "model": None, "data": None}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
+
+
+def directory_name(name: str) -> str:
+    """`name` with every character a run directory's name cannot hold replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("-") or "model"
 
 
 def _steps_per_epoch(dataset: str, batch_size: int) -> int:
@@ -169,6 +203,30 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
         raise ValueError("global pruning uses one rate for all layers (--prune-fc or --prune-rate); "
                          "--prune-conv and --prune-output apply to layerwise pruning only")
     return Experiment(dataset=dataset, arch=arch, **values)
+
+
+def for_own(arch: str, dataset: str, train_size: int, model: str | None = None, data: str | None = None,
+            **overrides) -> Experiment:
+    """The es667 protocol (Adam 1.2e-3, batch 60, 40,000 iterations, 30 % per layer per round, 16 rounds) for a
+    network of one's own (fingerprint `model`, named `arch`) or data of one's own (fingerprint `data`, named
+    `dataset`, `train_size` training samples), or both, with `overrides` (None values ignored) on top;
+    `eval_every` defaults to one epoch. A ValueError for impossible values."""
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    rate = overrides.pop("prune_rate", None)
+    values = dict(init=OWN_INIT if model else "he_normal", learning_rate=1.2e-3, batch_size=60, iterations=40_000,
+                  rounds=16, prune_fc=0.3, prune_conv=0.3, prune_output=0.3)
+    if rate is not None:
+        values.update(prune_fc=rate, prune_conv=rate, prune_output=rate)
+    values.update(overrides)
+    train_size = min(train_size, values.get("train_subset") or train_size)
+    if values["batch_size"] > train_size:
+        raise ValueError(f"batch size {values['batch_size']} exceeds the {train_size} training samples")
+    values.setdefault("eval_every", max(1, train_size // values["batch_size"]))
+    unknown = set(values) - {field.name for field in dataclasses.fields(Experiment)}
+    if unknown:
+        raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
+    return Experiment(dataset=directory_name(dataset) if data else dataset,
+                      arch=directory_name(arch) if model else arch, model=model, data=data, **values)
 
 
 def preset_of(experiment: Experiment) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import socket
 import tarfile
@@ -313,3 +314,101 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Splits:
         x_test=normalise(x_test, spec), y_test=y_test,
         source=source,
     )
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """A short hash of arrays' shapes, types and bytes: names the data a run of one's own data trains on."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype.str}".encode())
+        digest.update(array)
+    return digest.hexdigest()[:10]
+
+
+# ---------------------------------------------------------------------------------------- data of one's own
+
+OWN_VALIDATION_FRACTION = 0.1  # held out of the training samples when no validation split is given
+ARRAY_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def _labels(y, where: str) -> np.ndarray:
+    """Class indices from integer labels (N,) or (N, 1), or one-hot rows (N, classes)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = np.argmax(y, axis=1)
+    elif y.ndim == 2:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels of shape {y.shape}; give one class index per sample, or one-hot rows")
+    if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
+        raise DataError(f"{where}: labels must be whole class indices, not fractions")
+    if y.dtype.kind not in "iuf" or (y.size and y.min() < 0):
+        raise DataError(f"{where}: labels must be class indices from 0 (integers), not {y.dtype} from {y.min()}")
+    return y.astype(np.int32)
+
+
+def _pair(pair, where: str) -> Pair:
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise DataError(f"{where} must be a pair (x, y) of arrays, not {type(pair).__name__}")
+    try:
+        x = np.asarray(pair[0], dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: the inputs are not numeric arrays ({err})") from None
+    y = _labels(pair[1], where)
+    if len(x) != len(y):
+        raise DataError(f"{where}: {len(x)} inputs but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{where} is empty")
+    return x, y
+
+
+def own_splits(name: str, train, validation=None, test=None, source: str = "arrays") -> Splits:
+    """Splits of one's own data, each a pair (x, y): inputs as given (as float32; normalise them beforehand),
+    labels as class indices (integers, or one-hot rows). Without `validation`, a fixed 10 % of the training
+    samples is held out; without `test`, the validation split is also the test split (and `source` says so)."""
+    x_train, y_train = _pair(train, "the training data")
+    if validation is None:
+        train_idx, val_idx = validation_split(len(x_train), max(1, int(len(x_train) * OWN_VALIDATION_FRACTION)))
+        (x_train, y_train), (x_val, y_val) = (x_train[train_idx], y_train[train_idx]), (x_train[val_idx],
+                                                                                        y_train[val_idx])
+        source += f" (validation: {len(x_val)} training samples held out)"
+    else:
+        x_val, y_val = _pair(validation, "the validation data")
+    if test is None:
+        (x_test, y_test), source = (x_val, y_val), source + " (test: the validation split)"
+    else:
+        x_test, y_test = _pair(test, "the test data")
+    shapes = {x.shape[1:] for x in (x_train, x_val, x_test)}
+    if len(shapes) > 1:
+        raise DataError(f"{name}: the splits' samples differ in shape ({', '.join(map(str, sorted(shapes)))})")
+    classes = 1 + max(int(y.max()) for y in (y_train, y_val, y_test))
+    return Splits(name=name, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test,
+                  y_test=y_test, source=source, num_classes=max(classes, 2))
+
+
+def load_arrays(path: str | os.PathLike) -> Splits:
+    """Data of one's own from a `.npz` file with arrays x_train, y_train and optionally x_val, y_val, x_test,
+    y_test (see `own_splits`), named by the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a readable .npz archive of arrays ({err})") from None
+    unknown = sorted(set(arrays) - set(ARRAY_KEYS))
+    missing = [key for key in ("x_train", "y_train") if key not in arrays]
+    if missing or unknown:
+        raise DataError(f"{path} must hold arrays named {', '.join(ARRAY_KEYS)} (validation and test optional); "
+                        + (f"it lacks {', '.join(missing)}" if missing else f"unknown: {', '.join(unknown)}"))
+    for split in ("val", "test"):
+        if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
+            raise DataError(f"{path} holds only one of x_{split} and y_{split}; give both or neither")
+
+    def pair(split: str) -> tuple | None:
+        return (arrays[f"x_{split}"], arrays[f"y_{split}"]) if f"x_{split}" in arrays else None
+
+    return own_splits(path.stem, pair("train"), pair("val"), pair("test"), source=str(path))

@@ -55,7 +55,7 @@ def test_a_residual_model_prunes_during_fit_and_strips_to_plain_keras(tmp_path):
     compile_for_fit(pruned).fit(splits.x_train, splits.y_train, batch_size=60, epochs=2, verbose=0,
                                 callbacks=[UpdatePruningStep()])
     for layer in pruned_layers(pruned):
-        kernel = keras.ops.convert_to_numpy(layer.pruned_weight)
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
         assert (kernel == 0).mean() == pytest.approx(0.8, abs=0.01), layer.name
         np.testing.assert_array_equal(kernel == 0, keras.ops.convert_to_numpy(layer.mask) == 0)
     assert pruned.evaluate(splits.x_test, splits.y_test, verbose=0)[1] > 0.8
@@ -76,14 +76,15 @@ def test_a_residual_model_prunes_during_fit_and_strips_to_plain_keras(tmp_path):
 
 def test_mobilenet_v2_prunes_strips_and_exports_to_tflite():
     splits = data.load("cifar10").head(train=600)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10,
+                                           classifier_activation=None)
     pruned = prune_low_magnitude(model, ConstantSparsity(0.5, begin_step=0, frequency=5))
     depthwise = [layer for layer in pruned_layers(pruned) if isinstance(layer.layer, keras.layers.DepthwiseConv2D)]
     assert len(depthwise) == 17 and len(pruned_layers(pruned)) == 53
     compile_for_fit(pruned).fit(splits.x_train, splits.y_train, batch_size=60, epochs=1, verbose=0,
                                 callbacks=[UpdatePruningStep()])
     for layer in pruned_layers(pruned):
-        assert (keras.ops.convert_to_numpy(layer.pruned_weight) == 0).mean() == pytest.approx(0.5, abs=0.02)
+        assert (keras.ops.convert_to_numpy(layer.kernel) == 0).mean() == pytest.approx(0.5, abs=0.02)
     plain = strip_pruning(pruned)
     x = splits.x_test[:64]
     reference = keras.ops.convert_to_numpy(plain(x, training=False))

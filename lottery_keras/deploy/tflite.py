@@ -39,6 +39,7 @@ from lottery_keras.deploy.tickets import compact, model_input_shape, strip_masks
 from lottery_keras.lottery.paths import RunFolder
 from lottery_keras.lottery.pruning import remaining_percent
 from lottery_keras.nn.models import MaskedModel
+from lottery_keras.nn.network import MaskedNetwork
 from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import atomic_path, write_csv
 from lottery_keras.train.evaluation import accuracy, batched_logits
@@ -201,7 +202,9 @@ def export_model(model: MaskedModel, splits: Splits, output_dir: str | os.PathLi
     if len(x_test) == 0:
         raise ValueError("the test split is empty; nothing to evaluate the export on")
     plain = strip_masks(model, splits.input_shape)
-    networks = {"float": compact(plain)}  # the smaller dense network; the sparse encodings keep the full shapes
+    # The float file holds the smaller dense network of a built-in architecture's ticket; the sparse encodings keep
+    # the full shapes, as do networks of one's own (their branches do not compact unit by unit).
+    networks = {"float": plain if isinstance(model, MaskedNetwork) else compact(plain)}
     reference = batched_logits(model, x_test)
     keras_acc, keras_classes = accuracy(reference, y_test), np.argmax(reference, axis=1)
     remaining = round(remaining_percent(model.get_masks()), 4)

@@ -7,6 +7,7 @@
   weightless layers the architecture uses) with kernel = kernel ⊙ mask: the graph comes from the subclassed
   model's own `call` applied to a `keras.Input`, then `keras.models.clone_model` swaps each masked layer for its
   plain counterpart (`PLAIN_LAYERS`). The result loads with `keras.models.load_model` and no custom objects.
+- A ticket of one's own network (`nn.network.MaskedNetwork`) strips to its functional network with plain layers.
 - `compact` drops from a stripped model the units (neurons, channels) whose outgoing weights are all zero, as
   structured pruning leaves them: the ticket becomes the smaller dense network it is.
 """
@@ -24,6 +25,7 @@ from lottery_keras.lottery.paths import RunFolder, RunFolderError
 from lottery_keras.lottery.strategies import WINNING_TICKET
 from lottery_keras.nn.layers import MaskedConv2D, MaskedDense, MaskedLayer
 from lottery_keras.nn.models import MaskedModel
+from lottery_keras.nn.network import MaskedNetwork, plain_network
 from lottery_keras.nn.saving import TicketError
 
 
@@ -79,6 +81,8 @@ def strip_masks(model: MaskedModel, input_shape: Sequence[int] | None = None) ->
     so it saves and loads with `keras.models.load_model` in a process that never imports lottery_keras. The
     masked model is left untouched (the graph is traced from a copy).
     """
+    if isinstance(model, MaskedNetwork):
+        return plain_network(model)
     input_shape = tuple(input_shape) if input_shape is not None else model_input_shape(model)
     copy = model.__class__.from_config(model.get_config())
     copy.build((None, *input_shape))

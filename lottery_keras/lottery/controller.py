@@ -27,6 +27,7 @@ from lottery_keras.lottery import pruning, saliency, strategies
 from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, ROBUSTNESS, STABILITY, RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
 from lottery_keras.nn.models import MaskedModel, build_model
+from lottery_keras.nn.network import MaskedNetwork, build_network, network_fingerprint
 from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
                                    write_csv, write_json, write_npz)
@@ -114,11 +115,13 @@ class TrialRun:
                  options: RunOptions):
         self.exp, self.splits, self.folder, self.trial, self.options = experiment, splits, folder, trial, options
         self.seed = experiment.seed + trial
-        plan = execution.apply_threads(options.plan or execution.decide(experiment.arch))
+        self.network = folder.read_network() if experiment.model else None
+        plan = execution.apply_threads(options.plan or execution.decide(experiment.builtin_arch))
         if plan.loop == "keras" and experiment.rewind_iteration:
             raise ValueError("--loop keras cannot start training inside an epoch's sample order, as late rewinding "
                              "does: use the compiled loop")
         self.model = self._build(self.seed, plan.model_execution)
+        self._check_fits(self.model, splits)
         compile_model(self.model, experiment.learning_rate)
         self.layer_names = [layer.name for layer in self.model.masked_layers()]
         self.rates = {name: experiment.rates_by_kind[kind] for name, kind in self.model.layer_kinds().items()}
@@ -129,7 +132,21 @@ class TrialRun:
                                augment=experiment.augment, plan=plan)
         self.requested = set(strategies.resolve(options.strategies))  # `run` narrows it to the names it runs
 
+    @staticmethod
+    def _check_fits(model: MaskedModel, splits: data.Splits) -> None:
+        """One's own model and data must fit each other: input shape, and labels within the classes."""
+        expected = tuple(model.network.inputs[0].shape[1:]) if isinstance(model, MaskedNetwork) else splits.input_shape
+        if expected != splits.input_shape:
+            raise ValueError(f"model {model.name} takes inputs of shape {expected}, but the {splits.name} samples "
+                             f"have shape {splits.input_shape}")
+        labels = max(int(split.max(initial=0)) for split in (splits.y_train, splits.y_val, splits.y_test))
+        if labels >= model.num_classes:
+            raise ValueError(f"the {splits.name} labels go up to {labels}, but model {model.name} has "
+                             f"{model.num_classes} outputs (one logit per class)")
+
     def _build(self, seed: int, model_execution=None) -> MaskedModel:
+        if self.network is not None:
+            return build_network(self.network, seed)
         return build_model(self.exp.arch, self.splits.input_shape, self.splits.num_classes, self.exp.init, seed,
                            self.exp.precision, model_execution)
 
@@ -299,7 +316,7 @@ class TrialRun:
             except DamagedFileError as err:
                 raise DamagedFileError(f"{err}; delete it and run the same command again: θ0 is recreated from "
                                        "the seed") from None
-        theta0 = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights}
+        theta0 = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.state_variables()}
         write_npz(path, theta0)
         return theta0
 
@@ -310,9 +327,9 @@ class TrialRun:
         if strategy.start == "trained":
             trained = self._trained_model(needed[strategy.name, round_index - 1])
             return {own.path: keras.ops.convert_to_numpy(value)  # saved models name their variables anew
-                    for own, value in zip(self.model.trainable_weights, trained.trainable_weights)}
+                    for own, value in zip(self.model.state_variables(), trained.state_variables())}
         fresh = self._build(derived_seed(self.seed, round_index, "reinit"))
-        return {v.path: keras.ops.convert_to_numpy(v) for v in fresh.trainable_weights}
+        return {v.path: keras.ops.convert_to_numpy(v) for v in fresh.state_variables()}
 
     def _rewind_point(self) -> dict[str, np.ndarray]:
         """θ_K, kept by the dense round of the winning ticket (from θ0) under late rewinding."""
@@ -325,7 +342,7 @@ class TrialRun:
             raise DamagedFileError(f"{err}; {dense.redo_hint()}") from None
 
     def _set_start(self, weights: dict[str, np.ndarray], masks: pruning.Masks) -> None:
-        for variable in self.model.trainable_weights:
+        for variable in self.model.state_variables():
             variable.assign(weights[variable.path])
         self.model.set_masks(masks)
 
@@ -451,27 +468,35 @@ class TrialRun:
 
 
 def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outputs",
-                   data_dir: str | os.PathLike | None = None, options: RunOptions | None = None) -> RunFolder:
-    """Run (or resume) every trial, round and strategy of an experiment; returns the run folder."""
+                   data_dir: str | os.PathLike | None = None, options: RunOptions | None = None, *,
+                   network: dict | None = None, splits: data.Splits | None = None) -> RunFolder:
+    """Run (or resume) every trial, round and strategy of an experiment; returns the run folder.
+
+    `network`: the masked architecture (`nn.network.network_config`) of a model of one's own, whose fingerprint
+    is `experiment.model`. `splits`: the data to train on, required for data of one's own (`experiment.data`);
+    otherwise the experiment's dataset is loaded (from `data_dir`, or the usual places)."""
     options = options or RunOptions()
     names = strategies.resolve(options.strategies)
-    if strategies.STRUCTURED in names and experiment.pruning_scope == "global":
-        raise ValueError("the structured strategy prunes whole units layer by layer; run it with layerwise pruning "
-                         "(no --pruning-scope global)")
-    if not options.trials or min(options.trials) < 0:
-        raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
+    _check_runnable(experiment, options, names, network, splits)
     folder = open_run_folder(experiment, output_dir)
     with folder.lock():
         remove_temporaries(folder.directory, "trial_*/**")  # not report/: reports run without the lock
         folder.write_config(experiment)
-        splits = load_splits(experiment, data_dir)
+        if network is not None:
+            folder.write_network(network)
+        if splits is None:
+            splits = load_splits(experiment, data_dir)
+        elif experiment.train_subset:
+            splits = splits.head(train=experiment.train_subset)
+        if experiment.batch_size > len(splits.x_train):
+            raise ValueError(f"batch size {experiment.batch_size} exceeds the {len(splits.x_train)} training samples")
         folder.write_config(experiment, data_source=splits.source)
         if options.verbose:
             print(f"data: {experiment.dataset} from {splits.source}")
         if options.parallel:
             from lottery_keras.lottery import parallel
 
-            parallel.run_trials(experiment, folder.directory, data_dir, options, names)
+            parallel.run_trials(experiment, folder.directory, splits, options, names)
             for trial in options.trials:
                 for name in names:
                     folder.refresh_results(trial, name)
@@ -479,6 +504,29 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
             for trial in options.trials:
                 TrialRun(experiment, splits, folder, trial, options).run(names)
     return folder
+
+
+def _check_runnable(experiment: Experiment, options: RunOptions, names: Sequence[str], network: dict | None,
+                    splits: data.Splits | None) -> None:
+    """Refuse, before any work, what this experiment cannot run (one line saying why)."""
+    if strategies.STRUCTURED in names and experiment.pruning_scope == "global":
+        raise ValueError("the structured strategy prunes whole units layer by layer; run it with layerwise pruning "
+                         "(no --pruning-scope global)")
+    if strategies.STRUCTURED in names and experiment.model:
+        raise ValueError("the structured strategy follows units through a chain of layers, which only the built-in "
+                         "architectures declare; leave it out for a model of one's own")
+    if options.robustness and experiment.data:
+        raise ValueError("--robustness corrupts images on the pixel scale of a built-in dataset; leave it out for "
+                         "data of one's own")
+    if not options.trials or min(options.trials) < 0:
+        raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
+    if bool(experiment.model) != (network is not None):
+        raise ValueError("a model of one's own needs its masked network configuration (`network`), and only it")
+    if network is not None and network_fingerprint(network) != experiment.model:
+        raise ValueError(f"the network given is not the one the experiment names (fingerprint "
+                         f"{network_fingerprint(network)}, not {experiment.model})")
+    if experiment.data and splits is None:
+        raise ValueError(f"the experiment trains on data of one's own ({experiment.dataset}): pass its splits")
 
 
 def summary_table(folder: RunFolder) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
     <output_dir>/<dataset>-<arch>-<hash>/
         config.json                      the resolved Experiment and its hash
+        network.json                     a network of one's own: its masked architecture (`nn/network.py`)
         trial_<t>/theta0.npz             the trial's initial weights θ0 (shared by its strategies)
         trial_<t>/<strategy>/results.csv one row per finished round (the table reports read)
         trial_<t>/<strategy>/round_<rr>/ one unit of work:
@@ -32,6 +33,7 @@ from lottery_keras.config import Experiment
 from lottery_keras.storage import DamagedFileError, read_json, read_npz, write_csv, write_json
 
 CONFIG = "config.json"
+NETWORK = "network.json"
 THETA0 = "theta0.npz"
 RESULTS = "results.csv"
 TICKET_INIT = "ticket_init.keras"
@@ -193,6 +195,22 @@ class RunFolder:
         if not isinstance(config, dict) or not isinstance(config.get("experiment"), dict) or "hash" not in config:
             raise RunFolderError(f"{self.config_path} is not a lottery_keras run configuration (it lacks "
                                  "'experiment' or 'hash'); restore it from a copy, or delete the run folder")
+        return config
+
+    def write_network(self, config: dict) -> None:
+        """Record the architecture of a network of one's own (what its trials rebuild θ0 and tickets from)."""
+        if not (self.directory / NETWORK).is_file():
+            write_json(self.directory / NETWORK, config)
+
+    def read_network(self) -> dict:
+        path = self.directory / NETWORK
+        if not path.is_file():
+            raise RunFolderError(f"{self.directory} trains a model of one's own but lacks {NETWORK}; run the same "
+                                 "command (or find_ticket call) again to record it")
+        config = read_json(path)
+        if not isinstance(config, dict) or "network" not in config:
+            raise RunFolderError(f"{path} is not a masked network's configuration; delete it and run the same "
+                                 "command again")
         return config
 
     def experiment(self) -> Experiment:

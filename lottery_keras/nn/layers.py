@@ -1,4 +1,5 @@
-"""Masked layers: a dense and a 2-D convolution layer whose binary mask is a non-trainable variable.
+"""Masked layers: a dense and a 2-D convolution layer whose binary mask is a non-trainable variable, and a wrapper
+that masks the kernel of a standard Keras layer (for models of one's own, `nn/network.py`).
 
 Invariant: `kernel == kernel * mask` at all times outside an optimizer step. The model's `train_step` restores it
 after every update (`apply_mask`), and rewinding sets masked weights directly, so the forward pass reads the
@@ -116,3 +117,63 @@ class MaskedConv2D(MaskedLayer):
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
         }
+
+
+# The standard Keras layers a wrapper can mask, and each one's pruning-rate family. Exact types only: a subclass may
+# compute something else with its kernel.
+PRUNABLE_LAYERS = {keras.layers.Dense: "fc", keras.layers.Conv1D: "conv", keras.layers.Conv2D: "conv",
+                   keras.layers.Conv3D: "conv", keras.layers.DepthwiseConv2D: "conv"}
+
+
+def is_prunable(layer: keras.layers.Layer) -> bool:
+    return type(layer) in PRUNABLE_LAYERS
+
+
+def prunable_names() -> str:
+    return ", ".join(layer_type.__name__ for layer_type in PRUNABLE_LAYERS)
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras")
+class MaskedWrapper(MaskedLayer, keras.layers.Wrapper):
+    """A standard Keras layer (`PRUNABLE_LAYERS`) with a pruning mask on its kernel; named as the layer it wraps.
+
+    Like the masked layers above, it leaves keeping `kernel == kernel * mask` to the model's training step."""
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        if not is_prunable(layer):
+            raise ValueError(f"layer {layer.name} ({type(layer).__name__}) cannot be pruned; prunable layers: "
+                             f"{prunable_names()}")
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+
+    @property
+    def kind(self) -> str:
+        return PRUNABLE_LAYERS[type(self.layer)]
+
+    @property
+    def kernel(self) -> keras.Variable:
+        return self.layer.kernel
+
+    @property
+    def bias(self) -> keras.Variable | None:
+        return self.layer.bias if self.layer.use_bias else None
+
+    @property
+    def activation(self):
+        return self.layer.activation
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._add_mask()
+        self.built = True
+
+    def call(self, inputs, *args, **kwargs):
+        return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{**config, "layer": keras.layers.deserialize(config["layer"])})

@@ -114,6 +114,12 @@ class MaskedModel(keras.Model):
         """Each prunable layer's kind in forward order: 'output' for the output layer, else the layer's own."""
         return {layer.name: "output" if layer is self.out else layer.kind for layer in self.masked_layers()}
 
+    def state_variables(self) -> list[keras.Variable]:
+        """What a round starts from and rewinding restores: every variable but the masks (normalisation layers'
+        moving statistics included)."""
+        masks = {id(layer.mask) for layer in self.masked_layers()}
+        return [variable for variable in self.weights if id(variable) not in masks]
+
     def apply_masks(self) -> None:
         for layer in self.masked_layers():
             layer.apply_mask()

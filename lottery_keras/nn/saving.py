@@ -61,8 +61,8 @@ def _ticket_class(path: Path, config: dict) -> type:
     if not (isinstance(cls, type) and issubclass(cls, MaskedModel)):
         kind = config.get("class_name")
         what = f"a Keras {kind} object" if isinstance(kind, str) else "an unrecognised Keras object"
-        raise TicketError(f"{path} holds {what}, not a lottery_keras ticket (a masked model such as LeNetFC, "
-                          "LeNet5 or ConvNet)")
+        raise TicketError(f"{path} holds {what}, not a lottery_keras ticket (a masked model: LeNetFC, LeNet5, "
+                          "ConvNet or MaskedNetwork)")
     return cls
 
 

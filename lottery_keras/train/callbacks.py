@@ -119,7 +119,8 @@ class ProgressBar(keras.callbacks.Callback):
 
 
 class WeightsAt(keras.callbacks.Callback):
-    """Keeps the trainable weights, by variable path, after step `step` (a late-rewinding point θ_K); train with
+    """Keeps a masked model's state (`MaskedModel.state_variables`), by variable path, after step `step` (a
+    late-rewinding point θ_K); train with
     `pause_at=[step]` so that the compiled loop stops there."""
 
     def __init__(self, step: int):
@@ -129,4 +130,4 @@ class WeightsAt(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) == self.step:
-            self.weights = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights}
+            self.weights = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.state_variables()}

@@ -1,0 +1,219 @@
+"""A model of one's own as a masked model: any Sequential or functional Keras 3 classifier, its `Dense` and
+convolution layers masked (`layers.MaskedWrapper`), trained and pruned by the same controller as the built-in
+architectures.
+
+- `mask_network(model, layers=None)` checks the model and returns a `MaskedNetwork` holding a clone of it with the
+  chosen layers wrapped, every weight kept.
+- `network_fingerprint` names a masked network's architecture independently of its weights, of the layer names
+  Keras numbers per process and of initializer seeds, so a run directory derives from it.
+- `build_network(config, seed)` rebuilds a network from its configuration with every initializer's (and dropout's)
+  seed derived from `seed`: θ0 is a function of the seed, as for the built-in architectures.
+- `plain_network` is the functional model again with plain layers, kernel ⊙ mask.
+
+The model's last masked layer is its output layer (the 'output' pruning-rate family); it must produce logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Callable, Iterable
+
+import keras
+import numpy as np
+from keras.src.models.functional import Functional  # what clone_model rebuilds besides Sequential; not exported
+
+from lottery_keras.nn.layers import MaskedWrapper, is_prunable, prunable_names
+from lottery_keras.nn.models import MaskedModel
+
+LayerChoice = Iterable[str] | str | Callable[[keras.layers.Layer], bool] | None
+
+
+class NetworkError(ValueError):
+    """A model that cannot be masked or trained as a lottery-ticket network; the message says why and the fix."""
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras")
+class MaskedNetwork(MaskedModel):
+    """A Sequential or functional network whose prunable layers are `MaskedWrapper`s (see the module docstring)."""
+
+    def __init__(self, network: keras.Model, **kwargs):
+        kwargs.setdefault("name", network.name)
+        super().__init__(num_classes=int(network.outputs[0].shape[-1]), init="own", **kwargs)
+        self.network = network
+
+    @property
+    def out(self) -> MaskedWrapper:
+        return self.masked_layers()[-1]
+
+    def masked_layers(self) -> list[MaskedWrapper]:
+        """The masked layers in the network's topological order (the last one is the output layer)."""
+        return [layer for layer in self.network.layers if isinstance(layer, MaskedWrapper)]
+
+    def build(self, input_shape):
+        self.built = True  # the functional network inside is built with its inputs
+
+    def call(self, inputs, training=None):
+        return self.network(inputs, training=training)
+
+    def get_config(self):
+        return {"name": self.name, "network": keras.saving.serialize_keras_object(self.network)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(network=keras.saving.deserialize_keras_object(config["network"]), name=config.get("name"))
+
+
+def check_cloneable(model: Any, operation: str) -> None:
+    """Raise a NetworkError unless `model` is a built Sequential or functional Keras model."""
+    if not isinstance(model, keras.Model):
+        raise NetworkError(f"{operation} takes a Keras model, not {type(model).__name__}")
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise NetworkError(f"{operation} needs a Sequential or functional model (what keras.models.clone_model can "
+                           f"rebuild), not the subclassed {type(model).__name__}; build it functionally")
+    if not model.built or not model.inputs:
+        raise NetworkError(f"{operation}: model {model.name} is not built; give it an input shape "
+                           "(keras.Input) or call it on data first")
+
+
+def clone_with_weights(model: keras.Model, replace: Callable[[keras.layers.Layer], keras.layers.Layer]
+                       ) -> keras.Model:
+    """`keras.models.clone_model` with `replace` for each layer, keeping every weight of the original: a wrapper's
+    inner layer takes the plain layer's weights, a plain layer the wrapper's masked kernel."""
+    originals = {}
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        new = replace(layer)
+        originals[new.name] = layer
+        return new
+
+    cloned = keras.models.clone_model(model, clone_function=clone)
+    for new in cloned.layers:
+        original = originals.get(new.name)
+        if original is None or not original.weights:
+            continue
+        if isinstance(new, MaskedWrapper) and not isinstance(original, MaskedWrapper):
+            new.layer.set_weights(original.get_weights())
+        elif isinstance(original, MaskedWrapper) and not isinstance(new, MaskedWrapper):
+            original.apply_mask()
+            new.set_weights(original.layer.get_weights())
+        else:
+            new.set_weights(original.get_weights())
+    return cloned
+
+
+def chosen_layers(model: keras.Model, layers: LayerChoice, operation: str) -> list[str]:
+    """The names of the prunable layers of `model` that `layers` (names, one name, a predicate, or None for all)
+    chooses; a NetworkError for unknown or unprunable names, or when nothing is left to prune."""
+    if layers is None or callable(layers):
+        choose = layers or (lambda layer: True)
+    else:
+        names = {layers} if isinstance(layers, str) else set(layers)
+        by_name = {layer.name: layer for layer in model.layers}
+        unknown = sorted(names - set(by_name))
+        if unknown:
+            raise NetworkError(f"{operation}: no layer named {', '.join(unknown)} in model {model.name}")
+        unprunable = [f"{name} ({type(by_name[name]).__name__})" for name in sorted(names)
+                      if not is_prunable(by_name[name])]
+        if unprunable:
+            raise NetworkError(f"{operation}: cannot prune {', '.join(unprunable)}; prunable layers are "
+                               f"{prunable_names()}")
+
+        def choose(layer: keras.layers.Layer) -> bool:
+            return layer.name in names
+    wanted = [layer.name for layer in model.layers if is_prunable(layer) and choose(layer)]
+    if not wanted:
+        raise NetworkError(f"{operation}: model {model.name} has no layer to prune: prunable layers are "
+                           f"{prunable_names()}" + (" (and `layers` chose none of them)" if layers is not None
+                                                    else ""))
+    return wanted
+
+
+def _fresh(layer: keras.layers.Layer) -> keras.layers.Layer:
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _final_activation(model: keras.Model) -> str | None:
+    """The name of the activation that ends the model, if its last layer applies one."""
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", None)
+    return None if name in (None, "linear") else name
+
+
+def mask_network(model: keras.Model, layers: LayerChoice = None) -> MaskedNetwork:
+    """A `MaskedNetwork` of a clone of `model` with the prunable layers `layers` chooses (default: all) masked,
+    every weight kept. The model must be a built Sequential or functional classifier with one input and one output
+    giving logits (no softmax at the end: training uses the cross-entropy of logits)."""
+    operation = "find_ticket"
+    check_cloneable(model, operation)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise NetworkError(f"{operation}: model {model.name} has {len(model.inputs)} inputs and "
+                           f"{len(model.outputs)} outputs; it needs one of each (a classifier)")
+    if len(model.outputs[0].shape) != 2:
+        raise NetworkError(f"{operation}: model {model.name} outputs shape {tuple(model.outputs[0].shape)}; it "
+                           "needs one logit per class, shape (batch, classes)")
+    if _final_activation(model) in ("softmax", "sigmoid"):
+        raise NetworkError(f"{operation}: model {model.name} ends in a {_final_activation(model)}; training uses "
+                           "the cross-entropy of logits, so build it without (e.g. activation=None, or "
+                           "classifier_activation=None for keras.applications)")
+    wanted = set(chosen_layers(model, layers, operation))
+    network = clone_with_weights(model, lambda layer: MaskedWrapper(_fresh(layer)) if layer.name in wanted
+                                 else _fresh(layer))
+    return MaskedNetwork(network)
+
+
+def plain_network(model: MaskedNetwork | keras.Model) -> keras.Model:
+    """The functional network of a `MaskedNetwork` (or a model holding `MaskedWrapper`s) with every wrapper
+    replaced by its plain layer, kernel ⊙ mask: standard layers only, loading with no custom objects."""
+    network = model.network if isinstance(model, MaskedNetwork) else model
+    return clone_with_weights(network, lambda layer: _fresh(layer.layer if isinstance(layer, MaskedWrapper)
+                                                            else layer))
+
+
+def network_config(model: MaskedNetwork) -> dict:
+    return model.get_config()
+
+
+def _walk(node: Any, visit: Callable[[str | None, Any], Any]) -> Any:
+    """`node` rebuilt with `visit(key, value)` for every value below it (key None for list items)."""
+    if isinstance(node, dict):
+        return {key: visit(key, _walk(value, visit)) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):  # configurations hold tuples that JSON gives back as lists
+        return [visit(None, _walk(value, visit)) for value in node]
+    return node
+
+
+def network_fingerprint(config: dict) -> str:
+    """A short hash of a masked network's architecture: layer names become their positions (Keras numbers default
+    names per process), seeds and the model's name are left out."""
+    layer_names = [layer["config"]["name"] for layer in config["network"]["config"]["layers"]]
+    position = {name: f"#{index}" for index, name in enumerate(layer_names)}
+
+    def canonical(key: str | None, value: Any) -> Any:
+        if key == "seed":
+            return None
+        return position.get(value, value) if isinstance(value, str) else value
+
+    body = _walk(config["network"], canonical)
+    body["config"]["name"] = None
+    text = json.dumps(body, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def build_network(config: dict, seed: int) -> MaskedNetwork:
+    """The network of `config` with fresh weights, every seed in it (initializers, dropout) derived from `seed`."""
+    counter = iter(range(1, 1 << 30))
+
+    def reseed(key: str | None, value: Any) -> Any:
+        if key != "seed":
+            return value
+        return int(np.random.SeedSequence([seed, next(counter)]).generate_state(1)[0] % 2**31)
+
+    model = MaskedNetwork.from_config(_walk(copy.deepcopy(config), reseed))
+    model.build(None)
+    return model
+
