@@ -38,6 +38,29 @@ def test_two_workers_give_the_results_of_a_serial_run(tmp_path):
                                                   for p in serial.directory.rglob("*") if p.name != ".lock")
 
 
+def test_workers_train_a_model_and_data_of_ones_own_as_a_serial_run_does(tmp_path, mnist_small):
+    """The workers rebuild the network from the run folder and take the driver's data from Ray's object store."""
+    pytest.importorskip("ray")
+    import keras
+
+    import lottery_keras
+
+    def mlp() -> keras.Model:
+        inputs = keras.Input((28, 28, 1))
+        hidden = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(inputs))
+        return keras.Model(inputs, keras.layers.Dense(10)(hidden))
+
+    splits = mnist_small.head(train=600, val=200, test=200)
+    pairs = [(splits.x_train, splits.y_train), (splits.x_val, splits.y_val), (splits.x_test, splits.y_test)]
+    found = {workers: lottery_keras.find_ticket(mlp(), *pairs, rounds=2, iterations=60, eval_every=30, trials=2,
+                                                output_dir=tmp_path / str(workers), workers=workers, verbose=False)
+             for workers in (1, 2)}
+    want, got = (found[workers].results.drop(columns=["train_seconds", "ticket_init", "ticket_trained"])
+                 for workers in (1, 2))
+    pd.testing.assert_frame_equal(got, want)
+    assert len(got) == 12
+
+
 def test_without_ray_workers_are_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     code = cli.main(["--dataset", "mnist", "--arch", "lenet300_100", "--rounds", "1", "--iterations", "30",
