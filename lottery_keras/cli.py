@@ -253,6 +253,9 @@ def command_run(args: argparse.Namespace) -> int:
     names = strategies.resolve(args.strategy or [strategies.WINNING_TICKET])
     fields = {name: getattr(args, name) for name in _EXPERIMENT_FIELDS}
     network = splits = None
+    if not own:
+        experiment = config.from_preset(args.preset, args.dataset, args.arch, **fields)
+    plan = None if args.dry_run else _execution_plan(args)  # before loading a model starts TensorFlow's runtime
     if own:
         quiet_tensorflow()
         from lottery_keras import data
@@ -262,8 +265,6 @@ def command_run(args: argparse.Namespace) -> int:
                            data.load_arrays(args.data) if args.data else args.dataset, layers=args.layers,
                            **fields)
         experiment, network, splits = run.experiment, run.network, run.splits
-    else:
-        experiment = config.from_preset(args.preset, args.dataset, args.arch, **fields)
     folder = RunFolder.for_experiment(experiment, args.output_dir)
     if args.dry_run:
         print(f"preset: {args.preset}")
@@ -272,14 +273,8 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"strategies: {', '.join(names)}; trials: {', '.join(map(str, args.trials))}")
         print(f"run directory: {folder.directory}")
         return 0
-    quiet_tensorflow()
     from lottery_keras.lottery import controller
-    from lottery_keras.train import plan as execution
 
-    plan = execution.apply_threads(execution.decide(  # before TensorFlow's runtime starts
-        experiment.builtin_arch, loop=args.loop, jit_compile=args.jit_compile, fused_kernels=args.fused_kernels,
-        sparse_kernels=args.sparse_kernels if experiment.precision == "float32" else False,
-        batch_shards=args.batch_shards, threads=args.threads))
     if not args.quiet:
         print(f"execution plan: {plan.describe()}")
         if args.workers > 1 or args.ray_address:
@@ -292,6 +287,21 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"\nResults in {folder.directory} (mean over its finished trials):")
     print(controller.summary_table(folder).to_string())
     return 0
+
+
+def _execution_plan(args: argparse.Namespace):
+    """The execution plan the options ask for, its thread pools applied (TensorFlow's runtime must not have
+    started)."""
+    quiet_tensorflow()
+    from lottery_keras.train import plan as execution
+
+    if args.model and (args.batch_shards or args.fused_kernels):
+        raise ValueError("--batch-shards and --fused-kernels change how the built-in architectures run their "
+                         "forward pass; leave them out with --model")
+    return execution.apply_threads(execution.decide(
+        None if args.model else args.arch, loop=args.loop, jit_compile=args.jit_compile,
+        fused_kernels=args.fused_kernels, batch_shards=args.batch_shards, threads=args.threads,
+        sparse_kernels=args.sparse_kernels if args.precision in (None, "float32") else False))
 
 
 def _check_what(args: argparse.Namespace) -> bool:

@@ -112,11 +112,6 @@ class Experiment:
         """The architecture's registry name, None for a model of one's own."""
         return None if self.model else self.arch
 
-    @property
-    def builtin_dataset(self) -> str | None:
-        """The dataset's registry name, None for data of one's own."""
-        return None if self.data else self.dataset
-
     def to_dict(self) -> dict:
         """The fields as JSON would give them back; fields added after runs were published are left out at their
         defaults, so those runs keep their names and configuration files."""
@@ -159,10 +154,15 @@ def _steps_per_epoch(dataset: str, batch_size: int) -> int:
 
 
 def _es667(dataset: str, arch: str) -> dict:
+    dataset = canonical_name(dataset)
+    return _es667_protocol(DATASETS[dataset].num_train, augment=dataset == "cifar10")
+
+
+def _es667_protocol(train_size: int, augment: bool) -> dict:
     batch = 60  # Conv-6 too: the study's early-stop iterations are multiples of 45,000 / 60, not of 45,000 / 128
     return dict(init="he_normal", learning_rate=1.2e-3, batch_size=batch, iterations=40_000,
-                eval_every=_steps_per_epoch(dataset, batch), rounds=16, prune_fc=0.3, prune_conv=0.3,
-                prune_output=0.3, augment=canonical_name(dataset) == "cifar10")
+                eval_every=max(1, train_size // batch), rounds=16, prune_fc=0.3, prune_conv=0.3, prune_output=0.3,
+                augment=augment)
 
 
 _FRANKLE_LR = {"lenet300_100": 1.2e-3, "lenet5": 1.2e-3, "conv2": 2e-4, "conv4": 3e-4, "conv6": 3e-4}
@@ -207,24 +207,24 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
 
 def for_own(arch: str, dataset: str, train_size: int, model: str | None = None, data: str | None = None,
             **overrides) -> Experiment:
-    """The es667 protocol (Adam 1.2e-3, batch 60, 40,000 iterations, 30 % per layer per round, 16 rounds) for a
-    network of one's own (fingerprint `model`, named `arch`) or data of one's own (fingerprint `data`, named
-    `dataset`, `train_size` training samples), or both, with `overrides` (None values ignored) on top;
-    `eval_every` defaults to one epoch. A ValueError for impossible values."""
+    """The es667 protocol for a network of one's own (fingerprint `model`, named `arch`) or data of one's own
+    (fingerprint `data`, named `dataset`, `train_size` training samples), or both, with `overrides` (None values
+    ignored) on top: an evaluation every epoch, augmentation for CIFAR-10 only. A ValueError for impossible
+    values."""
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    values = _es667_protocol(train_size, augment=data is None and canonical_name(dataset) == "cifar10")
+    if model:
+        values["init"] = OWN_INIT
     rate = overrides.pop("prune_rate", None)
-    values = dict(init=OWN_INIT if model else "he_normal", learning_rate=1.2e-3, batch_size=60, iterations=40_000,
-                  rounds=16, prune_fc=0.3, prune_conv=0.3, prune_output=0.3)
     if rate is not None:
         values.update(prune_fc=rate, prune_conv=rate, prune_output=rate)
-    values.update(overrides)
-    train_size = min(train_size, values.get("train_subset") or train_size)
-    if values["batch_size"] > train_size:
-        raise ValueError(f"batch size {values['batch_size']} exceeds the {train_size} training samples")
-    values.setdefault("eval_every", max(1, train_size // values["batch_size"]))
-    unknown = set(values) - {field.name for field in dataclasses.fields(Experiment)}
+    if "batch_size" in overrides and "eval_every" not in overrides:
+        epoch = min(train_size, overrides.get("train_subset") or train_size)
+        values["eval_every"] = max(1, epoch // overrides["batch_size"])
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(Experiment)}
     if unknown:
         raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
+    values.update(overrides)
     return Experiment(dataset=directory_name(dataset) if data else dataset,
                       arch=directory_name(arch) if model else arch, model=model, data=data, **values)
 

@@ -342,10 +342,12 @@ def _labels(y, where: str) -> np.ndarray:
         y = y[:, 0]
     if y.ndim != 1:
         raise DataError(f"{where}: labels of shape {y.shape}; give one class index per sample, or one-hot rows")
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{where}: labels must be class indices (integers from 0), not {y.dtype} values")
     if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
         raise DataError(f"{where}: labels must be whole class indices, not fractions")
-    if y.dtype.kind not in "iuf" or (y.size and y.min() < 0):
-        raise DataError(f"{where}: labels must be class indices from 0 (integers), not {y.dtype} from {y.min()}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{where}: labels must be class indices from 0, not negative")
     return y.astype(np.int32)
 
 

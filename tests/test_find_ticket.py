@@ -9,6 +9,7 @@ import json
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -28,7 +29,7 @@ def residual_model(hidden: int = 64) -> keras.Model:
     y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="branch")(x)
     x = keras.layers.BatchNormalization(name="norm")(keras.layers.Add()([x, y]))
     x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
-    x = keras.layers.Dense(hidden, activation="relu", name="hidden")(x)
+    x = keras.layers.Dropout(0.2)(keras.layers.Dense(hidden, activation="relu", name="hidden")(x))
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
 
@@ -78,6 +79,12 @@ def test_a_residual_model_gives_tickets_that_rewind_resume_load_and_export(tmp_p
     assert again.run_dir == found.run_dir and metrics_mtimes(found.run_dir) == before
     assert network_fingerprint(json.loads((found.run_dir / NETWORK).read_text())) == \
         network_fingerprint(mask_network(residual_model()).get_config())
+
+    # A run stopped after its first round and resumed by another call ends as the uninterrupted one (dropout too).
+    resumed = [lottery_keras.find_ticket(residual_model(), *arrays(mnist), output_dir=tmp_path / "resumed",
+                                         name="mnist3k", **{**SHORT, "rounds": rounds}) for rounds in (1, 3)][-1]
+    pd.testing.assert_frame_equal(resumed.results.drop(columns=["train_seconds", "ticket_init", "ticket_trained"]),
+                                  table.drop(columns=["train_seconds", "ticket_init", "ticket_trained"]))
 
     # The trained ticket strips to plain Keras layers computing the same function, and runs as TFLite.
     plain = lottery_keras.strip_pruning(trained)
@@ -153,10 +160,33 @@ def _subclassed():
     return model
 
 
+def _ending(operation) -> keras.Model:
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, operation(keras.layers.Dense(10)(keras.layers.Flatten()(inputs))))
+
+
+def _nested():
+    block = keras.Sequential([keras.Input((784,)), keras.layers.Dense(32)])
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, keras.layers.Dense(10)(block(keras.layers.Flatten()(inputs))))
+
+
+def _adapted():
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(0).normal(size=(50, 28, 28, 1)))
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(norm(inputs))))
+
+
 @pytest.mark.parametrize("make, message", [
     (_subclassed, "needs a Sequential or functional model"),
     (_softmax_model, "ends in a softmax"),
+    (lambda: _ending(keras.ops.softmax), "ends in a softmax"),
+    (lambda: _ending(keras.layers.Activation("sigmoid")), "ends in a sigmoid"),
     (lambda: keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten()]), "has no layer to prune"),
+    (_nested, "holds the model .* as a layer"),
+    (lambda: _ending(keras.layers.Lambda(lambda x: 2 * x)), "is a Lambda layer"),
+    (_adapted, "holds state adapted to data"),
 ])
 def test_models_that_cannot_give_tickets_are_one_clear_error(make, message):
     with pytest.raises(NetworkError, match=message):
@@ -175,12 +205,17 @@ def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, 
         (dict(strategies=["structured"]), ValueError, "structured strategy follows units"),
         (dict(robustness=True), ValueError, "--robustness corrupts images"),
         (dict(batch_size=5000), ValueError, "batch size 5000 exceeds"),
+        (dict(train=(x, np.array(["a"] * 300))), data.DataError, "labels must be class indices"),
+        (dict(augment=True, train=(x.reshape(300, -1), y), validation=None, test=None), ValueError,
+         "augmentation crops and flips images"),
+        (dict(model=_subclassed()), NetworkError, "needs a Sequential or functional model"),
     ]
     for overrides, error, message in cases:
-        arguments = dict(train=(x, y), validation=val, test=test, rounds=1, iterations=5, output_dir=tmp_path,
-                         verbose=False)
+        arguments = dict(model=model, train=(x, y), validation=val, test=test, rounds=1, iterations=5,
+                         output_dir=tmp_path, verbose=False)
         with pytest.raises(error, match=message):
-            lottery_keras.find_ticket(model, **{**arguments, **overrides})
+            lottery_keras.find_ticket(**{**arguments, **overrides})
+    assert not list(tmp_path.iterdir())  # refused before any run folder was made
     np.savez(tmp_path / "wrong.npz", images=x, labels=y)
     (tmp_path / "not_a_model.keras").write_text("hello")
     for argv, message in [
@@ -202,3 +237,14 @@ def test_the_fingerprint_names_the_architecture_not_its_names_or_seeds():
     assert network_fingerprint(mask_network(residual_model(hidden=32)).get_config()) != network_fingerprint(first)
     assert network_fingerprint(mask_network(residual_model(), layers=["hidden"]).get_config()) != \
         network_fingerprint(first)
+
+
+def test_the_output_rate_goes_to_the_layer_computing_the_logits():
+    inputs = keras.Input((16,))
+    trunk = keras.layers.Dense(32, activation="relu", name="trunk")(inputs)
+    side = keras.layers.Dense(32, name="side")(trunk)  # a later branch, summed into the trunk before the logits
+    logits = keras.layers.Dense(10, name="logits")(keras.layers.Add()([trunk, keras.layers.Dense(32)(side)]))
+    kinds = mask_network(keras.Model(inputs, logits)).layer_kinds()
+    assert kinds["logits"] == "output" and list(kinds.values()).count("output") == 1
+    summed = keras.layers.Add()([keras.layers.Dense(10, name="a")(inputs), keras.layers.Dense(10, name="b")(inputs)])
+    assert "output" not in mask_network(keras.Model(inputs, summed)).layer_kinds().values()

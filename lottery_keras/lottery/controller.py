@@ -27,7 +27,7 @@ from lottery_keras.lottery import pruning, saliency, strategies
 from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, ROBUSTNESS, STABILITY, RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
 from lottery_keras.nn.models import MaskedModel, build_model
-from lottery_keras.nn.network import MaskedNetwork, build_network, network_fingerprint
+from lottery_keras.nn.network import build_network, network_fingerprint
 from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
                                    write_csv, write_json, write_npz)
@@ -121,7 +121,6 @@ class TrialRun:
             raise ValueError("--loop keras cannot start training inside an epoch's sample order, as late rewinding "
                              "does: use the compiled loop")
         self.model = self._build(self.seed, plan.model_execution)
-        self._check_fits(self.model, splits)
         compile_model(self.model, experiment.learning_rate)
         self.layer_names = [layer.name for layer in self.model.masked_layers()]
         self.rates = {name: experiment.rates_by_kind[kind] for name, kind in self.model.layer_kinds().items()}
@@ -131,18 +130,6 @@ class TrialRun:
         self.trainer = Trainer(self.model, splits.x_train, splits.y_train, batch_size=experiment.batch_size,
                                augment=experiment.augment, plan=plan)
         self.requested = set(strategies.resolve(options.strategies))  # `run` narrows it to the names it runs
-
-    @staticmethod
-    def _check_fits(model: MaskedModel, splits: data.Splits) -> None:
-        """One's own model and data must fit each other: input shape, and labels within the classes."""
-        expected = tuple(model.network.inputs[0].shape[1:]) if isinstance(model, MaskedNetwork) else splits.input_shape
-        if expected != splits.input_shape:
-            raise ValueError(f"model {model.name} takes inputs of shape {expected}, but the {splits.name} samples "
-                             f"have shape {splits.input_shape}")
-        labels = max(int(split.max(initial=0)) for split in (splits.y_train, splits.y_val, splits.y_test))
-        if labels >= model.num_classes:
-            raise ValueError(f"the {splits.name} labels go up to {labels}, but model {model.name} has "
-                             f"{model.num_classes} outputs (one logit per class)")
 
     def _build(self, seed: int, model_execution=None) -> MaskedModel:
         if self.network is not None:
@@ -346,6 +333,12 @@ class TrialRun:
             variable.assign(weights[variable.path])
         self.model.set_masks(masks)
 
+    def _seed_randomness(self, round_index: int, *purpose: str) -> None:
+        """Set the model's random generators (dropout) from (seed, round, purpose), as the batch order is, so a
+        resumed run draws what an uninterrupted one does."""
+        for index, state in enumerate(self.model.seed_states()):
+            state.assign(np.array([derived_seed(self.seed, round_index, "dropout", *purpose, index), 0], np.int64))
+
     # ------------------------------------------------------------------------------------------ one round
 
     def _add_evaluations(self, unit: Unit) -> bool:
@@ -389,6 +382,7 @@ class TrialRun:
         if self.options.verbose:
             print(f"trial {self.trial} · {unit.strategy} · round {unit.round}: training a second copy for the "
                   "stability analysis", flush=True)
+        self._seed_randomness(unit.round, "copy")
         self.trainer.train(self.exp.iterations - offset, self.exp.eval_every,
                            derived_seed(self.seed, unit.round, "data", "copy"), [watch], schedule=schedule,
                            step_offset=offset)
@@ -445,6 +439,7 @@ class TrialRun:
             label = (f"trial {self.trial} · {strategy.name} · round {unit.round + 1}/{self.exp.rounds} · "
                      f"{remaining:.2f}% of weights remaining")
             callbacks.append(ProgressBar(recorder, label))
+        self._seed_randomness(unit.round)
         started = time.perf_counter()
         self.trainer.train(iterations, self.exp.eval_every, derived_seed(self.seed, unit.round, "data"), callbacks,
                            schedule=schedule, step_offset=offset,
@@ -478,19 +473,17 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
     options = options or RunOptions()
     names = strategies.resolve(options.strategies)
     _check_runnable(experiment, options, names, network, splits)
+    if splits is None:
+        splits = load_splits(experiment, data_dir)
+    elif experiment.train_subset:
+        splits = splits.head(train=experiment.train_subset)
+    _check_data(experiment, splits, network)  # before the run folder exists: a mismatch leaves none behind
     folder = open_run_folder(experiment, output_dir)
     with folder.lock():
         remove_temporaries(folder.directory, "trial_*/**")  # not report/: reports run without the lock
-        folder.write_config(experiment)
+        folder.write_config(experiment, data_source=splits.source)
         if network is not None:
             folder.write_network(network)
-        if splits is None:
-            splits = load_splits(experiment, data_dir)
-        elif experiment.train_subset:
-            splits = splits.head(train=experiment.train_subset)
-        if experiment.batch_size > len(splits.x_train):
-            raise ValueError(f"batch size {experiment.batch_size} exceeds the {len(splits.x_train)} training samples")
-        folder.write_config(experiment, data_source=splits.source)
         if options.verbose:
             print(f"data: {experiment.dataset} from {splits.source}")
         if options.parallel:
@@ -504,6 +497,28 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
             for trial in options.trials:
                 TrialRun(experiment, splits, folder, trial, options).run(names)
     return folder
+
+
+def _check_data(experiment: Experiment, splits: data.Splits, network: dict | None) -> None:
+    """The data must suit the batch size, the augmentation and the model: one line saying why not."""
+    shape = splits.input_shape
+    if experiment.batch_size > len(splits.x_train):
+        raise ValueError(f"batch size {experiment.batch_size} exceeds the {len(splits.x_train)} training samples")
+    convolutional = network is None and experiment.arch != "lenet300_100"
+    if (experiment.augment or convolutional) and len(shape) != 3:
+        what = "augmentation crops and flips" if experiment.augment else f"{experiment.arch} takes"
+        raise ValueError(f"{what} images (height, width, channels); the {splits.name} samples have shape {shape}")
+    if network is None:
+        return
+    model = build_network(network, seed=0)
+    expected = tuple(model.network.inputs[0].shape[1:])
+    if len(expected) != len(shape) or any(size not in (None, given) for size, given in zip(expected, shape)):
+        raise ValueError(f"model {model.name} takes inputs of shape {expected}, but the {splits.name} samples have "
+                         f"shape {shape}")
+    labels = max(int(split.max(initial=0)) for split in (splits.y_train, splits.y_val, splits.y_test))
+    if labels >= model.num_classes:
+        raise ValueError(f"the {splits.name} labels go up to {labels}, but model {model.name} has "
+                         f"{model.num_classes} outputs (one logit per class)")
 
 
 def _check_runnable(experiment: Experiment, options: RunOptions, names: Sequence[str], network: dict | None,

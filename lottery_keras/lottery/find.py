@@ -24,7 +24,7 @@ from lottery_keras import config, data
 from lottery_keras.lottery import controller
 from lottery_keras.lottery.paths import RunFolder
 from lottery_keras.lottery.strategies import RANDOM_PRUNING_CONTROL, REINIT_CONTROL, WINNING_TICKET
-from lottery_keras.nn.network import LayerChoice, mask_network, network_fingerprint
+from lottery_keras.nn.network import LayerChoice, check_cloneable, mask_network, network_fingerprint
 
 DEFAULT_STRATEGIES = (WINNING_TICKET, REINIT_CONTROL, RANDOM_PRUNING_CONTROL)
 _READ_BATCH = 4096  # samples per read when materialising a tf.data.Dataset
@@ -78,10 +78,14 @@ class TicketSearch:
         rows = self.results[(self.results["trial"] == trial) & (self.results["strategy"] == strategy)]
         if round_index is not None:
             rows = rows[rows["round"] == round_index]
+        which = "round" if round_index is None else f"round {round_index}"
         if rows.empty:
-            raise ValueError(f"no finished round {'' if round_index is None else round_index} of {strategy} in "
-                             f"trial {trial} of {self.run_dir}")
-        return Path(rows.iloc[-1]["ticket_trained" if trained else "ticket_init"])
+            raise ValueError(f"no finished {which} of {strategy} in trial {trial} of {self.run_dir}")
+        path = rows.iloc[-1]["ticket_trained" if trained else "ticket_init"]
+        if path is None:
+            raise ValueError(f"the last finished {which} of {strategy} in trial {trial} of {self.run_dir} has no "
+                             "ticket file here (published runs keep their results, not their tickets)")
+        return Path(path)
 
 
 def find_ticket(model: keras.Model, train, validation=None, test=None, *,
@@ -104,18 +108,19 @@ def find_ticket(model: keras.Model, train, validation=None, test=None, *,
     prunable layers to prune (names or a predicate; default all `Dense` and convolution layers). Results go to
     `<output_dir>/<name>-<model name>-<hash>/`, the same layout as `run.py`'s, and a call with the same model,
     data and settings resumes after the last finished round."""
+    check_cloneable(model, "find_ticket")
     if isinstance(train, str):
         if validation is not None or test is not None:
             raise ValueError(f"the built-in dataset {train!r} has its own splits; leave out validation and test")
         dataset: str | data.Splits = train
     else:
-        rank = len(model.inputs[0].shape) - 1 if isinstance(model, keras.Model) and model.inputs else None
+        rank = len(model.inputs[0].shape) - 1
         dataset = data.own_splits(name, *(_materialise(split, what, rank) for split, what in (
             (train, "the training data"), (validation, "the validation data"), (test, "the test data"))),
             source="tf.data" if isinstance(train, tf.data.Dataset) else "arrays")
     run = prepare(model, dataset, layers=layers, rounds=rounds, iterations=iterations, batch_size=batch_size,
                   learning_rate=learning_rate, prune_rate=prune_rate, eval_every=eval_every, seed=seed, **protocol)
-    options = controller.RunOptions(strategies=tuple(strategies),
+    options = controller.RunOptions(strategies=(strategies,) if isinstance(strategies, str) else tuple(strategies),
                                     trials=tuple(range(trials)) if isinstance(trials, int) else tuple(trials),
                                     verbose=verbose, workers=workers, robustness=robustness, stability=stability)
     folder = controller.run_experiment(run.experiment, output_dir, data_dir, options, network=run.network,
@@ -133,7 +138,7 @@ def with_tickets(folder: RunFolder) -> pd.DataFrame:
     return table
 
 
-def _materialise(split, what: str, input_rank: int | None):
+def _materialise(split, what: str, input_rank: int):
     """A pair (x, y) from a pair, or from a finite `tf.data.Dataset` of (x, y) elements or batches."""
     if split is None or not isinstance(split, tf.data.Dataset):
         return split
@@ -142,7 +147,7 @@ def _materialise(split, what: str, input_rank: int | None):
         raise data.DataError(f"{what}: a tf.data.Dataset must give (x, y) pairs, not elements {spec}")
     if split.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise data.DataError(f"{what}: the tf.data.Dataset repeats forever; pass it without .repeat()")
-    if input_rank is None or spec[0].shape.rank != input_rank + 1:  # single samples: read them in batches
+    if spec[0].shape.rank != input_rank + 1:  # single samples: read them in batches
         split = split.batch(_READ_BATCH)
     batches = list(split.as_numpy_iterator())
     if not batches:

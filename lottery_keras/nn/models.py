@@ -120,6 +120,11 @@ class MaskedModel(keras.Model):
         masks = {id(layer.mask) for layer in self.masked_layers()}
         return [variable for variable in self.weights if id(variable) not in masks]
 
+    def seed_states(self) -> list[keras.Variable]:
+        """The states of the random generators its layers draw from in training (dropout), in layer order: not
+        weights, so a round sets them itself (`controller.TrialRun._seed_randomness`)."""
+        return [variable for variable in self.variables if variable.name == "seed_generator_state"]
+
     def apply_masks(self) -> None:
         for layer in self.masked_layers():
             layer.apply_mask()

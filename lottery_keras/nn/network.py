@@ -10,7 +10,8 @@ architectures.
   seed derived from `seed`: θ0 is a function of the seed, as for the built-in architectures.
 - `plain_network` is the functional model again with plain layers, kernel ⊙ mask.
 
-The model's last masked layer is its output layer (the 'output' pruning-rate family); it must produce logits.
+The masked layer that computes the logits (through layers without weights, if any) is the output layer, the
+'output' pruning-rate family; a model whose output comes from elsewhere (a sum of branches) has none.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import keras
 import numpy as np
 from keras.src.models.functional import Functional  # what clone_model rebuilds besides Sequential; not exported
 
+from lottery_keras.config import OWN_INIT
 from lottery_keras.nn.layers import MaskedWrapper, is_prunable, prunable_names
 from lottery_keras.nn.models import MaskedModel
 
@@ -40,12 +42,13 @@ class MaskedNetwork(MaskedModel):
 
     def __init__(self, network: keras.Model, **kwargs):
         kwargs.setdefault("name", network.name)
-        super().__init__(num_classes=int(network.outputs[0].shape[-1]), init="own", **kwargs)
+        super().__init__(num_classes=int(network.outputs[0].shape[-1]), init=OWN_INIT, **kwargs)
         self.network = network
 
     @property
-    def out(self) -> MaskedWrapper:
-        return self.masked_layers()[-1]
+    def out(self) -> MaskedWrapper | None:
+        last = list(final_operations(self.network))[-1]
+        return last if isinstance(last, MaskedWrapper) else None
 
     def masked_layers(self) -> list[MaskedWrapper]:
         """The masked layers in the network's topological order (the last one is the output layer)."""
@@ -63,6 +66,26 @@ class MaskedNetwork(MaskedModel):
     @classmethod
     def from_config(cls, config):
         return cls(network=keras.saving.deserialize_keras_object(config["network"]), name=config.get("name"))
+
+
+def final_operations(model: keras.Model) -> Iterator[Any]:
+    """The operations that compute the model's output, from the last one back along single inputs to the first
+    that holds weights (or takes several inputs)."""
+    tensor = model.outputs[0]
+    while True:
+        operation, node_index, _ = tensor._keras_history
+        node = operation._inbound_nodes[node_index]
+        yield operation
+        if operation.weights or len(node.input_tensors) != 1:
+            return
+        tensor = node.input_tensors[0]
+
+
+def _squashes(operation: Any) -> str | None:
+    """'softmax' or 'sigmoid' when the operation turns logits into probabilities."""
+    name = type(operation).__name__.lower()
+    activation = getattr(getattr(operation, "activation", None), "__name__", None)
+    return next((squash for squash in ("softmax", "sigmoid") if squash in (name, activation)), None)
 
 
 def check_cloneable(model: Any, operation: str) -> None:
@@ -96,14 +119,14 @@ def clone_with_weights(model: keras.Model, replace: Callable[[keras.layers.Layer
         if isinstance(new, MaskedWrapper) and not isinstance(original, MaskedWrapper):
             new.layer.set_weights(original.get_weights())
         elif isinstance(original, MaskedWrapper) and not isinstance(new, MaskedWrapper):
-            original.apply_mask()
-            new.set_weights(original.layer.get_weights())
+            new.set_weights([keras.ops.convert_to_numpy(variable * original.mask if variable is original.kernel
+                                                        else variable) for variable in original.layer.weights])
         else:
             new.set_weights(original.get_weights())
     return cloned
 
 
-def chosen_layers(model: keras.Model, layers: LayerChoice, operation: str) -> list[str]:
+def chosen_layers(model: keras.Model, layers: LayerChoice) -> list[str]:
     """The names of the prunable layers of `model` that `layers` (names, one name, a predicate, or None for all)
     chooses; a NetworkError for unknown or unprunable names, or when nothing is left to prune."""
     if layers is None or callable(layers):
@@ -113,18 +136,18 @@ def chosen_layers(model: keras.Model, layers: LayerChoice, operation: str) -> li
         by_name = {layer.name: layer for layer in model.layers}
         unknown = sorted(names - set(by_name))
         if unknown:
-            raise NetworkError(f"{operation}: no layer named {', '.join(unknown)} in model {model.name}")
+            raise NetworkError(f"no layer named {', '.join(unknown)} in model {model.name}")
         unprunable = [f"{name} ({type(by_name[name]).__name__})" for name in sorted(names)
                       if not is_prunable(by_name[name])]
         if unprunable:
-            raise NetworkError(f"{operation}: cannot prune {', '.join(unprunable)}; prunable layers are "
+            raise NetworkError(f"cannot prune {', '.join(unprunable)}; prunable layers are "
                                f"{prunable_names()}")
 
         def choose(layer: keras.layers.Layer) -> bool:
             return layer.name in names
     wanted = [layer.name for layer in model.layers if is_prunable(layer) and choose(layer)]
     if not wanted:
-        raise NetworkError(f"{operation}: model {model.name} has no layer to prune: prunable layers are "
+        raise NetworkError(f"model {model.name} has no layer to prune: prunable layers are "
                            f"{prunable_names()}" + (" (and `layers` chose none of them)" if layers is not None
                                                     else ""))
     return wanted
@@ -134,33 +157,40 @@ def _fresh(layer: keras.layers.Layer) -> keras.layers.Layer:
     return layer.__class__.from_config(layer.get_config())
 
 
-def _final_activation(model: keras.Model) -> str | None:
-    """The name of the activation that ends the model, if its last layer applies one."""
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(last, "activation", None)
-    name = getattr(activation, "__name__", None)
-    return None if name in (None, "linear") else name
+def _check_rebuildable(model: keras.Model) -> None:
+    """Refuse layers that rebuilding the network from its configuration (each trial's θ0) would change."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise NetworkError(f"model {model.name} holds the model {layer.name} as a layer; build it as one "
+                               "functional model, so that its layers can be pruned")
+        if isinstance(layer, keras.layers.Lambda):
+            raise NetworkError(f"layer {layer.name} is a Lambda layer, which Keras does not rebuild from a "
+                               "configuration safely; write it as a layer class (or a keras.ops call)")
+        adapted = hasattr(layer, "adapt") and not (isinstance(layer, keras.layers.Normalization)
+                                                   and layer.get_config().get("mean") is not None)
+        if adapted:
+            raise NetworkError(f"layer {layer.name} ({type(layer).__name__}) holds state adapted to data, which "
+                               "rebuilding the network loses; apply it to the data beforehand and leave it out")
 
 
 def mask_network(model: keras.Model, layers: LayerChoice = None) -> MaskedNetwork:
     """A `MaskedNetwork` of a clone of `model` with the prunable layers `layers` chooses (default: all) masked,
     every weight kept. The model must be a built Sequential or functional classifier with one input and one output
     giving logits (no softmax at the end: training uses the cross-entropy of logits)."""
-    operation = "find_ticket"
-    check_cloneable(model, operation)
+    check_cloneable(model, "a lottery-ticket search")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise NetworkError(f"{operation}: model {model.name} has {len(model.inputs)} inputs and "
-                           f"{len(model.outputs)} outputs; it needs one of each (a classifier)")
+        raise NetworkError(f"model {model.name} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                           "it needs one of each (a classifier)")
     if len(model.outputs[0].shape) != 2:
-        raise NetworkError(f"{operation}: model {model.name} outputs shape {tuple(model.outputs[0].shape)}; it "
-                           "needs one logit per class, shape (batch, classes)")
-    if _final_activation(model) in ("softmax", "sigmoid"):
-        raise NetworkError(f"{operation}: model {model.name} ends in a {_final_activation(model)}; training uses "
-                           "the cross-entropy of logits, so build it without (e.g. activation=None, or "
-                           "classifier_activation=None for keras.applications)")
-    wanted = set(chosen_layers(model, layers, operation))
+        raise NetworkError(f"model {model.name} outputs shape {tuple(model.outputs[0].shape)}; it needs one logit "
+                           "per class, shape (batch, classes)")
+    squash = next(filter(None, map(_squashes, final_operations(model))), None)
+    if squash:
+        raise NetworkError(f"model {model.name} ends in a {squash}; training uses the cross-entropy of logits, so "
+                           "build it without (e.g. activation=None, or classifier_activation=None for "
+                           "keras.applications)")
+    _check_rebuildable(model)
+    wanted = set(chosen_layers(model, layers))
     network = clone_with_weights(model, lambda layer: MaskedWrapper(_fresh(layer)) if layer.name in wanted
                                  else _fresh(layer))
     return MaskedNetwork(network)
@@ -172,10 +202,6 @@ def plain_network(model: MaskedNetwork | keras.Model) -> keras.Model:
     network = model.network if isinstance(model, MaskedNetwork) else model
     return clone_with_weights(network, lambda layer: _fresh(layer.layer if isinstance(layer, MaskedWrapper)
                                                             else layer))
-
-
-def network_config(model: MaskedNetwork) -> dict:
-    return model.get_config()
 
 
 def _walk(node: Any, visit: Callable[[str | None, Any], Any]) -> Any:

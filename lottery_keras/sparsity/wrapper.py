@@ -77,7 +77,7 @@ def prune_low_magnitude(to_prune: keras.Model, pruning_schedule: PruningSchedule
     Train with the `UpdatePruningStep` callback so that the masks follow the schedule."""
     try:
         check_cloneable(to_prune, "prune_low_magnitude")
-        wanted = set(chosen_layers(to_prune, layers, "prune_low_magnitude"))
+        wanted = set(chosen_layers(to_prune, layers))
     except NetworkError as err:
         raise PruningError(str(err)) from None
 
