@@ -248,3 +248,19 @@ def test_the_output_rate_goes_to_the_layer_computing_the_logits():
     assert kinds["logits"] == "output" and list(kinds.values()).count("output") == 1
     summed = keras.layers.Add()([keras.layers.Dense(10, name="a")(inputs), keras.layers.Dense(10, name="b")(inputs)])
     assert "output" not in mask_network(keras.Model(inputs, summed)).layer_kinds().values()
+
+
+def test_a_sequential_conv1d_model_on_sequences(tmp_path, mnist):
+    """Rows of MNIST digits as sequences of 28 steps: a Sequential Conv1D model, the strategy group `core`."""
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Conv1D(16, 3, activation="relu"),
+                              keras.layers.GlobalMaxPooling1D(), keras.layers.Dense(10)], name="rows")
+    (x, y), val, test = arrays(mnist, train=1200, val=200, test=200)
+    found = lottery_keras.find_ticket(model, (x[..., 0], y), (val[0][..., 0], val[1]), (test[0][..., 0], test[1]),
+                                      strategies="core", rounds=2, iterations=40, eval_every=20,
+                                      output_dir=tmp_path, name="rows", verbose=False)
+    assert found.run_dir.name.startswith("rows-rows-")
+    assert sorted(found.results["strategy"].unique()) == ["magnitude_random", "magnitude_rewind", "random_rewind",
+                                                          "reinit_chain"]
+    ticket = keras.models.load_model(found.ticket(round_index=1))
+    assert list(ticket.layer_kinds().values()) == ["conv", "output"]
+    assert all(mask.mean() == pytest.approx(0.7, abs=0.01) for mask in ticket.get_masks().values())
