@@ -119,3 +119,6 @@ def test_stability_trains_a_second_copy_and_measures_the_barrier(tmp_path):
         assert row.instability == pytest.approx(evaluation.error_barrier(dict(zip(path["alpha"], path["test_acc"]))))
     text = (write_report([folder.directory], tmp_path / "report") / "report.md").read_text()
     assert "## Stability" in text and "(stability.png)" in text and "| instability |" in text
+    first = table.iloc[0]
+    summary_row = f"| 0 | 100.00 | {first.instability:.2f} [{first.instability:.2f}, {first.instability:.2f}] |"
+    assert summary_row in text.split("## Stability")[1]  # one trial: mean, min and max coincide

@@ -349,6 +349,25 @@ def robustness_markdown(runs: list[Run], rounds: pd.DataFrame, robustness: pd.Da
     return parts
 
 
+def stability_markdown(rounds: pd.DataFrame) -> list[str]:
+    """The stability section: what was measured, and each strategy's instability per level, mean [min, max]."""
+    if "instability_mean" not in rounds or rounds["instability_mean"].isna().all():
+        return []
+    measured = rounds.dropna(subset=["instability_mean"])
+    cells = measured.assign(
+        column=measured["run"] + ": " + measured["strategy"].map(label_of),
+        cell=[f"{mean:.2f} [{low:.2f}, {high:.2f}]" for mean, low, high in
+              zip(measured["instability_mean"], measured["instability_min"], measured["instability_max"])])
+    table = cells.pivot(index="round", columns="column", values="cell")[list(dict.fromkeys(cells["column"]))]
+    table.insert(0, "remaining %", measured.groupby("round")["remaining"].first().map("{:.2f}".format))
+    return ["## Stability",
+            "With `--stability`, each round also trains a second copy from the same start on another data order; "
+            "*instability* is the largest rise of test error along the straight line between the two trained "
+            "networks (5 points) above the mean error of its ends, in points (Frankle et al., 2020: about 0 means "
+            "the round's outcome does not depend on the data order). Mean [min, max] over trials:",
+            markdown_table(table.reset_index())]
+
+
 def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame,
                     robustness: pd.DataFrame | None = None) -> str:
     parts = [report_title(runs)]
@@ -374,12 +393,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         caption = FIGURES[stem]
         parts += [f"## {caption}", f"![{caption}]({stem}.png)\n\nVector version: [{stem}.svg]({stem}.svg)"]
     parts += robustness_markdown(runs, rounds, robustness if robustness is not None else pd.DataFrame())
-    if "instability_mean" in rounds:
-        parts += ["## Stability",
-                  "With `--stability`, each round also trains a second copy from the same start on another data "
-                  "order; *instability* is the largest rise of test error along the straight line between the two "
-                  "trained networks (5 points) above the mean error of its ends, in points (Frankle et al., 2020: "
-                  "about 0 means the round's outcome does not depend on the data order)."]
+    parts += stability_markdown(rounds)
     parts += ["## Per-round results",
               "Means over trials (test accuracy also min and max); generalization gap = train − test accuracy "
               "(points), ECE on the test split (15 bins), training wall time in seconds. All statistics: "
