@@ -19,7 +19,11 @@ for config in "$snapshot"/outputs/*/config.json; do
   rm -rf "outputs/$(basename "$run")/report"
   cp -r "$run/report" "outputs/$(basename "$run")/report"
 done
-python run.py study "${runs[@]}" --output-dir "$snapshot/outputs/study" >/dev/null
+# The study compares the preset protocols with ES667 and the paper; other runs (late rewinding, say) have their
+# own reports.
+mapfile -t protocol_runs < <(python -c 'import sys; from lottery_keras.analysis.study import protocol_runs
+print(*protocol_runs(sys.argv[1:]), sep="\n")' "${runs[@]}")
+python run.py study "${protocol_runs[@]}" --output-dir "$snapshot/outputs/study" >/dev/null
 rm -rf outputs/study
 cp -r "$snapshot/outputs/study" outputs/study
 git add outputs/*/report outputs/study  # only these: rounds that finished since the snapshot wait for next time

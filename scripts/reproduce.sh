@@ -19,6 +19,14 @@ for arch in lenet300_100 lenet5; do
 done
 run --preset frankle2019 --dataset mnist --arch lenet300_100 --rounds 19 --trials 0-4 \
     --strategy magnitude_rewind --strategy magnitude_random --strategy random_rewind
+# Beyond the paper (MNIST LeNet-300-100, trials 2-4): rewinding variants, pruning at init, structured pruning,
+# robustness, stability, late rewinding, and the TFLite export of trial 2's winning tickets at every level.
+run --dataset mnist --arch lenet300_100 --strategy core --strategy lr_rewind --strategy oneshot --strategy snip \
+    --strategy structured --trials 2-4 --robustness
+run --dataset mnist --arch lenet300_100 --strategy magnitude_rewind --strategy random_rewind --strategy lr_rewind \
+    --trials 2-4 --stability
+run --dataset mnist --arch lenet300_100 --rewind-iteration 500 --strategy magnitude_rewind --strategy random_rewind \
+    --trials 2-4 --robustness --stability
 if [ "${CONV6:-0}" = 1 ]; then
   run --dataset cifar10 --arch conv6 --strategy core --trials 0-4
 fi
@@ -28,4 +36,9 @@ for config in "$out"/*/config.json; do
   runs+=("$(dirname "$config")")
   python run.py report "$(dirname "$config")"
 done
-python run.py study "${runs[@]}" --output-dir "$out/study"
+mapfile -t protocol_runs < <(python -c 'import sys; from lottery_keras.analysis.study import protocol_runs
+print(*protocol_runs(sys.argv[1:]), sep="\n")' "${runs[@]}")
+python run.py study "${protocol_runs[@]}" --output-dir "$out/study"
+python run.py report "$out/mnist-lenet300_100-77d8bf14f1" "$out/mnist-lenet300_100-73ba147a01" --output-dir "$out/beyond"
+python run.py export "$out/mnist-lenet300_100-77d8bf14f1" --all-rounds --trial 2 \
+    --output-dir "$out/deploy/mnist-lenet300_100-77d8bf14f1-trial_2-magnitude_rewind"

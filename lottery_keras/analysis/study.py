@@ -33,6 +33,7 @@ from lottery_keras.analysis import report
 from lottery_keras.analysis.report import COLLAPSE_DROP, TICKET_TOLERANCE, Run, color_of, label_of, ticket_range
 from lottery_keras.config import preset_of
 from lottery_keras.lottery import strategies
+from lottery_keras.lottery.paths import RunFolder
 from lottery_keras.lottery.strategies import (RANDOM_PRUNING_CONTROL, REINIT_CHAIN, REINIT_CONTROL,
                                               WINNING_TICKET as TICKET)
 from lottery_keras.storage import atomic_path, write_csv
@@ -465,6 +466,12 @@ def learning_curve_figure(study: list[StudyRun]) -> Figure:
 
 def default_study_dir(run_dirs: list[Path]) -> Path:
     return report.common_parent(run_dirs) / "study"
+
+
+def protocol_runs(run_dirs: list[Path]) -> list[Path]:
+    """The runs that follow a preset protocol: what the published study compares with ES667 and the paper (runs
+    of other protocols, late rewinding say, have reports of their own)."""
+    return [Path(run_dir) for run_dir in run_dirs if preset_of(RunFolder(run_dir).experiment())]
 
 
 def write_study(run_dirs: list[Path], output_dir: Path | None = None) -> Path:
