@@ -350,10 +350,13 @@ def robustness_markdown(runs: list[Run], rounds: pd.DataFrame, robustness: pd.Da
 
 
 def stability_markdown(rounds: pd.DataFrame) -> list[str]:
-    """The stability section: what was measured, and each strategy's instability per level, mean [min, max]."""
+    """The stability section: what was measured, and each strategy's instability per level, mean [min, max]
+    (strategies in registry order, each with its runs side by side)."""
     if "instability_mean" not in rounds or rounds["instability_mean"].isna().all():
         return []
     measured = rounds.dropna(subset=["instability_mean"])
+    rank = {name: index for index, name in enumerate(strategies.ordered(measured["strategy"]))}
+    measured = measured.sort_values("strategy", key=lambda names: names.map(rank), kind="stable")
     cells = measured.assign(
         column=measured["run"] + ": " + measured["strategy"].map(label_of),
         cell=[f"{mean:.2f} [{low:.2f}, {high:.2f}]" for mean, low, high in
