@@ -51,7 +51,7 @@ class MaskedNetwork(MaskedModel):
         return last if isinstance(last, MaskedWrapper) else None
 
     def masked_layers(self) -> list[MaskedWrapper]:
-        """The masked layers in the network's topological order (the last one is the output layer)."""
+        """The masked layers in the network's topological order (`out` says which computes the logits)."""
         return [layer for layer in self.network.layers if isinstance(layer, MaskedWrapper)]
 
     def build(self, input_shape):
