@@ -467,7 +467,7 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
                    network: dict | None = None, splits: data.Splits | None = None) -> RunFolder:
     """Run (or resume) every trial, round and strategy of an experiment; returns the run folder.
 
-    `network`: the masked architecture (`nn.network.network_config`) of a model of one's own, whose fingerprint
+    `network`: the masked architecture (a `MaskedNetwork`'s `get_config()`) of a model of one's own, whose fingerprint
     is `experiment.model`. `splits`: the data to train on, required for data of one's own (`experiment.data`);
     otherwise the experiment's dataset is loaded (from `data_dir`, or the usual places)."""
     options = options or RunOptions()
