@@ -106,6 +106,16 @@ def test_published_reports_rebuild_identically_from_committed_files(published, t
         assert (rebuilt / name).read_text() == (clone / "report" / name).read_text(), name
 
 
+def test_the_combined_beyond_the_paper_report_rebuilds_identically_from_committed_files(tmp_path):
+    outputs = committed_outputs(tmp_path)
+    if not (outputs / "beyond").is_dir():
+        pytest.skip("no combined report published")
+    runs = [outputs / "mnist-lenet300_100-77d8bf14f1", outputs / "mnist-lenet300_100-73ba147a01"]
+    rebuilt = report.write_report(runs, tmp_path / "rebuilt")
+    for name in ("rounds.csv", "summary.csv", "report.md"):
+        assert (rebuilt / name).read_text() == (outputs / "beyond" / name).read_text(), name
+
+
 def test_the_published_study_rebuilds_identically_from_committed_files(tmp_path):
     outputs = committed_outputs(tmp_path)
     runs = study.protocol_runs(sorted(path.parent for path in outputs.glob("*/config.json")))
