@@ -149,10 +149,6 @@ def directory_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("-") or "model"
 
 
-def _steps_per_epoch(dataset: str, batch_size: int) -> int:
-    return DATASETS[canonical_name(dataset)].num_train // batch_size
-
-
 def _es667(dataset: str, arch: str) -> dict:
     dataset = canonical_name(dataset)
     return _es667_protocol(DATASETS[dataset].num_train, augment=dataset == "cifar10")
@@ -188,13 +184,20 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     dataset, arch = canonical_name(dataset), canonical_arch(arch)
-    values = PRESETS[preset](dataset, arch)
+    epoch = DATASETS[dataset].num_train if preset == "es667" else None
+    return Experiment(dataset=dataset, arch=arch, **_overridden(PRESETS[preset](dataset, arch), overrides, epoch))
+
+
+def _overridden(values: dict, overrides: dict, epoch: int | None) -> dict:
+    """A protocol's `values` with `overrides` (None values ignored) on top: `prune_rate` sets the three rates (the
+    specific ones win), a new batch size re-derives an evaluation every epoch of `epoch` samples (None: the
+    protocol's interval stays), and global pruning refuses the rates it does not use."""
     overrides = {key: value for key, value in overrides.items() if value is not None}
     rate = overrides.pop("prune_rate", None)
     if rate is not None:
         values.update(prune_fc=rate, prune_conv=rate, prune_output=rate)
-    if "batch_size" in overrides and "eval_every" not in overrides and preset == "es667":
-        values["eval_every"] = _steps_per_epoch(dataset, overrides["batch_size"])
+    if "batch_size" in overrides and "eval_every" not in overrides and epoch is not None:
+        values["eval_every"] = max(1, epoch // overrides["batch_size"])
     unknown = set(overrides) - {field.name for field in dataclasses.fields(Experiment)}
     if unknown:
         raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
@@ -202,7 +205,7 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
     if values.get("pruning_scope") == "global" and {"prune_conv", "prune_output"} & set(overrides):
         raise ValueError("global pruning uses one rate for all layers (--prune-fc or --prune-rate); "
                          "--prune-conv and --prune-output apply to layerwise pruning only")
-    return Experiment(dataset=dataset, arch=arch, **values)
+    return values
 
 
 def for_own(arch: str, dataset: str, train_size: int, model: str | None = None, data: str | None = None,
@@ -211,20 +214,10 @@ def for_own(arch: str, dataset: str, train_size: int, model: str | None = None, 
     (fingerprint `data`, named `dataset`, `train_size` training samples), or both, with `overrides` (None values
     ignored) on top: an evaluation every epoch, augmentation for CIFAR-10 only. A ValueError for impossible
     values."""
-    overrides = {key: value for key, value in overrides.items() if value is not None}
     values = _es667_protocol(train_size, augment=data is None and canonical_name(dataset) == "cifar10")
     if model:
         values["init"] = OWN_INIT
-    rate = overrides.pop("prune_rate", None)
-    if rate is not None:
-        values.update(prune_fc=rate, prune_conv=rate, prune_output=rate)
-    if "batch_size" in overrides and "eval_every" not in overrides:
-        epoch = min(train_size, overrides.get("train_subset") or train_size)
-        values["eval_every"] = max(1, epoch // overrides["batch_size"])
-    unknown = set(overrides) - {field.name for field in dataclasses.fields(Experiment)}
-    if unknown:
-        raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
-    values.update(overrides)
+    values = _overridden(values, overrides, min(train_size, overrides.get("train_subset") or train_size))
     return Experiment(dataset=directory_name(dataset) if data else dataset,
                       arch=directory_name(arch) if model else arch, model=model, data=data, **values)
 
