@@ -24,10 +24,16 @@ PRUNING_SCOPES = ("layerwise", "global")
 OWN_INIT = "own"  # the initializers a model of one's own declares, seeded from the trial's seed
 MAX_LEARNING_RATE = 1.0
 # The robustness protocol (`run.py --robustness`, `train/evaluation.py`): each corruption's parameter at severities
-# 1, 2, 3 (pixel scale [0, 1]), and the FGSM step per dataset.
+# 1, 2, 3 (pixel scale [0, 1]), and the FGSM step per dataset; data of one's own, whose channels are scaled from
+# their training range to [0, 1], takes the step of natural images.
 CORRUPTIONS = {"gaussian_noise": ("σ", (0.08, 0.16, 0.32)), "gaussian_blur": ("σ px", (0.5, 1.0, 1.5)),
                "contrast": ("×", (0.6, 0.4, 0.2)), "rotation": ("°", (10.0, 20.0, 30.0))}
 ADVERSARIAL_EPSILON = {"mnist": 0.05, "fashion_mnist": 0.05, "cifar10": 2 / 255}
+OWN_DATA_EPSILON = 2 / 255
+
+
+def adversarial_epsilon(dataset: str) -> float:
+    return ADVERSARIAL_EPSILON.get(dataset, OWN_DATA_EPSILON)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ from lottery_keras.deploy.tflite import TFLiteRunner, export_model, to_tflite
 from lottery_keras.lottery.paths import NETWORK, RunFolder
 from lottery_keras.nn.network import MaskedNetwork, NetworkError, mask_network, network_fingerprint
 from lottery_keras.storage import read_npz
+from lottery_keras.train import evaluation
 
 SHORT = dict(rounds=3, iterations=120, eval_every=40, verbose=False)
 
@@ -203,7 +204,8 @@ def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, 
          r"takes inputs of shape \(28, 28, 1\), but .* have shape \(32, 32, 3\)"),
         (dict(train=tf.data.Dataset.from_tensor_slices((x, y)).repeat()), data.DataError, "repeats forever"),
         (dict(strategies=["structured"]), ValueError, "structured strategy follows units"),
-        (dict(robustness=True), ValueError, "--robustness corrupts images"),
+        (dict(robustness=True, train=(x.reshape(300, -1), y), validation=None, test=None), ValueError,
+         r"--robustness corrupts images \(height, width, channels\); the .* samples have shape \(784,\)"),
         (dict(batch_size=5000), ValueError, "batch size 5000 exceeds"),
         (dict(train=(x, np.array(["a"] * 300))), data.DataError, "labels must be class indices"),
         (dict(augment=True, train=(x.reshape(300, -1), y), validation=None, test=None), ValueError,
@@ -228,6 +230,32 @@ def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, 
          "es667 protocol applies"),
     ]:
         assert cli.main([*argv, "--output-dir", str(tmp_path / "out")]) == 1, argv
+
+
+def test_robustness_on_images_of_ones_own_scales_each_channel_from_its_training_range(tmp_path, mnist):
+    """Digits as raw 0–255 pixels: corruptions act on the training range mapped onto [0, 1], so σ 0.32 noise is
+    a third of the range, not a third of a grey level."""
+    spec = data.DATASETS["mnist"]
+    (x, y), val, test = arrays(mnist, train=1200, val=200, test=300)
+    raw = [(255 * (images * spec.std[0] + spec.mean[0]), labels) for images, labels in ((x, y), val, test)]
+    scale = evaluation.Normalisation.spanning(raw[0][0])
+    np.testing.assert_allclose(scale.to_pixels(raw[0][0]).min(), 0, atol=1e-6)
+    np.testing.assert_allclose(scale.to_pixels(raw[0][0]).max(), 1, atol=1e-6)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(8, 5, activation="relu"), keras.layers.MaxPooling2D(4),
+                              keras.layers.Flatten(), keras.layers.Dense(10)], name="raw_cnn")
+    found = lottery_keras.find_ticket(model, *raw, strategies=["magnitude_rewind"], rounds=2, iterations=200,
+                                      eval_every=100, robustness=True, output_dir=tmp_path, name="raw",
+                                      verbose=False)
+    table = found.results
+    assert table[["corruption_acc", "adversarial_acc"]].notna().all().all()
+    assert (table["adversarial_acc"] < table["final_test_acc"]).all()
+    scores = pd.read_csv(RunFolder(found.run_dir).unit(0, "magnitude_rewind", 1).robustness)
+    assert len(scores) == 12
+    noisiest = scores.query("corruption == 'gaussian_noise' and severity == 3")["test_acc"].item()
+    assert noisiest < table["final_test_acc"].iloc[-1] - 5
+    assert cli.main(["report", str(found.run_dir)]) == 0
+    assert "each channel's training range onto [0, 1]" in (found.run_dir / "report" / "report.md").read_text()
 
 
 def test_the_fingerprint_names_the_architecture_not_its_names_or_seeds():

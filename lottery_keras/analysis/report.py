@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from lottery_keras.config import ADVERSARIAL_EPSILON, CORRUPTIONS, Experiment
+from lottery_keras.config import CORRUPTIONS, Experiment, adversarial_epsilon
 from lottery_keras.lottery import strategies
 from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, REPORT, RESULT_COLUMNS, RunFolder
 from lottery_keras.lottery.strategies import RANDOM_PRUNING_CONTROL as RANDOM_PRUNING
@@ -331,12 +331,14 @@ def robustness_markdown(runs: list[Run], rounds: pd.DataFrame, robustness: pd.Da
         return []
     described = "; ".join(f"{name.replace('_', ' ')} ({symbol} {' / '.join(f'{p:g}' for p in parameters)})"
                           for name, (symbol, parameters) in CORRUPTIONS.items())
-    epsilons = ", ".join(f"{run.label} ε = {ADVERSARIAL_EPSILON[run.experiment.dataset]:.3g}" for run in runs)
+    epsilons = ", ".join(f"{run.label} ε = {adversarial_epsilon(run.experiment.dataset):.3g}" for run in runs)
+    own_scale = (" On data of one's own, pixel scale maps each channel's training range onto [0, 1]."
+                 if any(run.experiment.data for run in runs) else "")
     parts = ["## Robustness",
              "Each trained ticket (final weights) on the test split, with `--robustness`: *corruption acc* is the "
              f"mean accuracy over four corruptions at severities 1 / 2 / 3 — {described}, in pixel scale — and "
              f"*FGSM acc* the accuracy under the fast gradient sign attack ({epsilons}, pixel scale). Per "
-             "corruption and severity: [robustness.csv](robustness.csv)."]
+             "corruption and severity: [robustness.csv](robustness.csv)." + own_scale]
     for run in runs:
         ticket = robustness[(robustness["run"] == run.label) & (robustness["strategy"] == TICKET)]
         if ticket.empty:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from lottery_keras import data
-from lottery_keras.config import ADVERSARIAL_EPSILON, Experiment
+from lottery_keras.config import Experiment, adversarial_epsilon
 from lottery_keras.lottery import pruning, saliency, strategies
 from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, ROBUSTNESS, STABILITY, RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
@@ -410,15 +410,22 @@ class TrialRun:
         if not self.options.robustness or "corruption_acc" in metrics or metrics.get("diverged"):
             return False
         model, (x, y) = self._trained_model(unit), (self.splits.x_test, self.splits.y_test)
-        spec = data.DATASETS[self.exp.dataset]
-        normalisation = evaluation.Normalisation(spec.mean, spec.std)
+        normalisation = self._pixel_scale()
         scores = evaluation.corruption_accuracies(model, x, y, normalisation)
         write_csv(unit.robustness, pd.DataFrame([{"corruption": name, "severity": severity, "test_acc": acc}
                                                   for (name, severity), acc in scores.items()]))
-        epsilon = ADVERSARIAL_EPSILON[self.exp.dataset]
+        epsilon = adversarial_epsilon(self.exp.dataset)
         write_json(unit.metrics, {**metrics, "corruption_acc": float(np.mean(list(scores.values()))),
                                   "adversarial_acc": evaluation.fgsm_accuracy(model, x, y, normalisation, epsilon)})
         return True
+
+    def _pixel_scale(self) -> evaluation.Normalisation:
+        """How inputs map to pixels in [0, 1]: the built-in dataset's normalisation, or each channel's training
+        range for data of one's own."""
+        if self.exp.data:
+            return evaluation.Normalisation.spanning(self.splits.x_train)
+        spec = data.DATASETS[self.exp.dataset]
+        return evaluation.Normalisation(spec.mean, spec.std)
 
     def _train_round(self, strategy: Strategy, unit: Unit, masks: pruning.Masks, start: dict) -> None:
         unit.metrics.unlink(missing_ok=True)  # results without tickets (a clone): they mark the unit finished last
@@ -477,7 +484,8 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
         splits = load_splits(experiment, data_dir)
     elif experiment.train_subset:
         splits = splits.head(train=experiment.train_subset)
-    _check_data(experiment, splits, network)  # before the run folder exists: a mismatch leaves none behind
+    # Before the run folder exists: a mismatch leaves none behind.
+    _check_data(experiment, splits, network, options.robustness)
     folder = open_run_folder(experiment, output_dir)
     with folder.lock():
         remove_temporaries(folder.directory, "trial_*/**")  # not report/: reports run without the lock
@@ -499,15 +507,19 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
     return folder
 
 
-def _check_data(experiment: Experiment, splits: data.Splits, network: dict | None) -> None:
-    """The data must suit the batch size, the augmentation and the model: one line saying why not."""
+def _check_data(experiment: Experiment, splits: data.Splits, network: dict | None, robustness: bool) -> None:
+    """The data must suit the batch size, the augmentation, the robustness evaluation and the model: one line saying
+    why not."""
     shape = splits.input_shape
     if experiment.batch_size > len(splits.x_train):
         raise ValueError(f"batch size {experiment.batch_size} exceeds the {len(splits.x_train)} training samples")
     convolutional = network is None and experiment.arch != "lenet300_100"
-    if (experiment.augment or convolutional) and len(shape) != 3:
-        what = "augmentation crops and flips" if experiment.augment else f"{experiment.arch} takes"
-        raise ValueError(f"{what} images (height, width, channels); the {splits.name} samples have shape {shape}")
+    image_users = [what for what, uses in (("augmentation crops and flips", experiment.augment),
+                                            (f"{experiment.arch} takes", convolutional),
+                                            ("--robustness corrupts", robustness)) if uses]
+    if image_users and len(shape) != 3:
+        raise ValueError(f"{image_users[0]} images (height, width, channels); the {splits.name} samples have shape "
+                         f"{shape}")
     if network is None:
         return
     model = build_network(network, seed=0)
@@ -530,9 +542,6 @@ def _check_runnable(experiment: Experiment, options: RunOptions, names: Sequence
     if strategies.STRUCTURED in names and experiment.model:
         raise ValueError("the structured strategy follows units through a chain of layers, which only the built-in "
                          "architectures declare; leave it out for a model of one's own")
-    if options.robustness and experiment.data:
-        raise ValueError("--robustness corrupts images on the pixel scale of a built-in dataset; leave it out for "
-                         "data of one's own")
     if not options.trials or min(options.trials) < 0:
         raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
     if bool(experiment.model) != (network is not None):

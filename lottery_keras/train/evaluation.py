@@ -140,6 +140,15 @@ class Normalisation:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @classmethod
+    def spanning(cls, x: np.ndarray) -> "Normalisation":
+        """The map of each channel's range in `x` onto [0, 1], for images with no known pixel scale: pixels
+        (x − low) / span are (x − mean) / std with mean = −low / span, std = 1 / span."""
+        axes = tuple(range(x.ndim - 1))
+        low = x.min(axis=axes).astype(np.float64)
+        span = np.maximum(x.max(axis=axes) - low, np.finfo(np.float32).tiny)
+        return cls(tuple(map(float, -low / span)), tuple(map(float, 1 / span)))
+
     def to_pixels(self, x):
         return x * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
 
