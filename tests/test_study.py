@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,30 @@ def test_a_folder_with_no_finished_round_is_one_clear_error(tmp_path):
     folder = imp.prepare_run_folder(config.from_preset("es667", "mnist", "lenet5"), tmp_path)
     with pytest.raises(ValueError, match="no finished round"):
         study.write_study([folder.directory])
+
+
+def copy_of(run_dir: Path, destination: Path, keep: str, drop_round_0: bool = False) -> Path:
+    """The run with only the `keep` strategy's units (and, if asked, without their dense round)."""
+    copy = destination / run_dir.name
+    shutil.copytree(run_dir, copy)
+    for unit in copy.glob("trial_*/*/"):
+        if unit.name != keep:
+            shutil.rmtree(unit)
+        elif drop_round_0:
+            shutil.rmtree(unit / "round_00")
+            results = pd.read_csv(unit / "results.csv")
+            results[results["round"] != 0].to_csv(unit / "results.csv", index=False)
+    return copy
+
+
+def test_a_run_of_the_winning_ticket_alone_has_a_study_without_controls(tiny_run, tmp_path):
+    alone = copy_of(tiny_run, tmp_path, keep="magnitude_rewind")
+    study.write_study([alone], tmp_path / "study")
+    assert "No run has this control yet." in (tmp_path / "study" / "study.md").read_text()
+    assert pd.read_csv(tmp_path / "study" / "controls.csv").empty
+
+
+def test_a_run_without_its_dense_round_still_has_a_study(tiny_run, tmp_path):
+    partial = copy_of(tiny_run, tmp_path, keep="magnitude_rewind", drop_round_0=True)
+    study.write_study([partial], tmp_path / "study")
+    assert (tmp_path / "study" / "learning_curves.png").read_bytes()[:8] == PNG_MAGIC

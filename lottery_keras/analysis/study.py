@@ -197,6 +197,11 @@ def comparison_rows(entry: StudyRun, name: str, control: str, rounds: list[int])
     return rows
 
 
+CONTROL_COLUMNS = ["run", "metric", "comparison", "control", "round", "remaining", "seeds",
+                   *(f"{prefix}_{key}" for prefix in ("ticket", "control", "gap") for key in ("mean", "min", "max")),
+                   "ticket_es667", "control_es667", "gap_es667"]
+
+
 def control_table(study: list[StudyRun]) -> pd.DataFrame:
     """Per run, comparison and shown pre-collapse round: ticket, control and their gap over seeds, and ES667's."""
     rows = []
@@ -204,7 +209,7 @@ def control_table(study: list[StudyRun]) -> pd.DataFrame:
         rounds = shown_rounds(precollapse_rounds(entry))
         for name, control in COMPARISONS.items():
             rows += comparison_rows(entry, name, control, rounds)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CONTROL_COLUMNS)
 
 
 def nearest_round(remaining: pd.Series, level: float) -> int:
@@ -421,9 +426,10 @@ def zoom_top_points(ax, entry: StudyRun, remaining: pd.Series) -> None:
 
 def curve_levels(entry: StudyRun) -> list[int]:
     """Dense, the round nearest 21% (where the paper compares early stopping), the last pre-collapse round and the
-    first collapsed one."""
+    first collapsed one, of those the run has finished."""
     remaining, precollapse = entry.remaining(), precollapse_rounds(entry)
-    chosen = [0, nearest_round(remaining, PAPER_LEVELS[0])]
+    chosen = [round_index for round_index in (0, nearest_round(remaining, PAPER_LEVELS[0]))
+              if round_index in remaining.index]
     if precollapse:
         chosen.append(precollapse[-1])
         if precollapse[-1] + 1 in remaining.index:
