@@ -142,3 +142,32 @@ def test_a_damaged_config_names_the_file(run, content, message):
     with pytest.raises(ValueError, match=message) as info:
         run.experiment()
     assert str(run.config_path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    (lambda unit: write_json(unit.metrics, metrics(1, 98.0) | {"test_acc": "high"}), "metrics.json",
+     "holds non-numeric test_acc"),
+    (lambda unit: write_json(unit.metrics, metrics(2, 98.0)), "metrics.json", "metrics of round 2, not of its"),
+    (lambda unit: unit.history.write_text("iteration,test_acc\n100,abc\n"), "history.csv",
+     "holds non-numeric values in test_acc"),
+    (lambda unit: unit.history.write_text(""), "history.csv", "cannot be read"),
+])
+def test_a_damaged_round_file_names_the_file_and_how_to_redo_the_round(run, damage, file, message):
+    unit = run.unit(0, "magnitude_rewind", 1)
+    unit.directory.mkdir(parents=True)
+    write_json(unit.metrics, metrics(1, 98.0) | {"diverged": False})
+    unit.history.write_text("iteration,test_acc\n100,97.5\n")
+    damage(unit)
+    with pytest.raises(ValueError, match=message) as info:
+        run.strategy_results(0, "magnitude_rewind")
+        run.unit_histories("magnitude_rewind", 1)
+    assert f"{unit.directory / file}" in str(info.value) and f"delete {unit.directory}" in str(info.value)
+
+
+def test_a_results_table_with_words_for_numbers_names_the_table(run):
+    run.strategy_dir(0, "magnitude_rewind").mkdir(parents=True)
+    table = pd.DataFrame([metrics(0, 97.0)], columns=RESULT_COLUMNS).assign(remaining="lots")
+    table.to_csv(run.results_csv(0, "magnitude_rewind"), index=False)
+    with pytest.raises(ValueError, match="non-numeric values in remaining") as info:
+        run.results()
+    assert str(run.results_csv(0, "magnitude_rewind")) in str(info.value)

@@ -50,6 +50,7 @@ LOCK = ".lock"
 RESULT_COLUMNS = ["round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc", "train_acc",
                   "generalization_gap", "ece", "val_loss", "train_seconds", "diverged"]
 OPTIONAL_COLUMNS = ["corruption_acc", "adversarial_acc", "instability"]  # only where rounds have them (options)
+NUMERIC_COLUMNS = [column for column in RESULT_COLUMNS + OPTIONAL_COLUMNS if column != "diverged"]
 
 
 class RunInUseError(RuntimeError):
@@ -132,6 +133,12 @@ class Unit:
             raise DamagedFileError(f"{err}; {self.redo_hint()}") from None
         if not isinstance(metrics, dict) or "round" not in metrics:
             raise DamagedFileError(f"{self.metrics} is not a round's metrics; {self.redo_hint()}")
+        if metrics["round"] != self.round:
+            raise DamagedFileError(f"{self.metrics} holds the metrics of round {metrics['round']!r}, not of its "
+                                   f"folder's round {self.round}; {self.redo_hint()}")
+        wrong = [key for key in NUMERIC_COLUMNS if key in metrics and not _is_number(metrics[key])]
+        if wrong:
+            raise DamagedFileError(f"{self.metrics} holds non-numeric {', '.join(wrong)}; {self.redo_hint()}")
         return metrics
 
     def read_masks(self) -> dict:
@@ -141,7 +148,7 @@ class Unit:
             raise DamagedFileError(f"{err}; {self.redo_hint()}") from None
 
     def read_history(self) -> pd.DataFrame:
-        return pd.read_csv(self.history)
+        return _read_table(self.history, ["iteration", "test_acc"], self, numeric=True)
 
 
 class RunFolder:
@@ -328,6 +335,11 @@ class RunFolder:
         if "round" not in table:
             raise DamagedFileError(f"{path} is not a results table (no 'round' column); restore it from git, or "
                                    "delete it to rebuild it from the round folders beside it")
+        wrong = [column for column in NUMERIC_COLUMNS
+                 if column in table and not pd.api.types.is_numeric_dtype(table[column])]
+        if wrong:
+            raise DamagedFileError(f"{path} holds non-numeric values in {', '.join(wrong)}; restore it from git, or "
+                                   "delete it to rebuild it from the round folders beside it")
         return table
 
     def results_are_stale(self, trial: int, strategy: str) -> bool:
@@ -376,8 +388,13 @@ class RunFolder:
                 if unit.is_finished() and unit.history.is_file() and not unit.read_metrics().get("diverged")]
 
 
-def _read_table(path: Path, columns: list[str], unit: Unit) -> pd.DataFrame:
-    """A small CSV a round wrote, or a DamagedFileError naming it and the fix."""
+def _is_number(value) -> bool:
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_table(path: Path, columns: list[str], unit: Unit, numeric: bool = False) -> pd.DataFrame:
+    """A small CSV a round wrote, or a DamagedFileError naming it and the fix; with `numeric`, every column must
+    hold numbers."""
     try:
         frame = pd.read_csv(path)
     except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
@@ -385,4 +402,7 @@ def _read_table(path: Path, columns: list[str], unit: Unit) -> pd.DataFrame:
     missing = [column for column in columns if column not in frame]
     if missing:
         raise DamagedFileError(f"{path} lacks the column(s) {', '.join(missing)}; {unit.redo_hint()}")
+    wrong = [column for column in frame if numeric and not pd.api.types.is_numeric_dtype(frame[column])]
+    if wrong:
+        raise DamagedFileError(f"{path} holds non-numeric values in {', '.join(wrong)}; {unit.redo_hint()}")
     return frame
