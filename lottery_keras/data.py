@@ -15,6 +15,7 @@ import hashlib
 import os
 import socket
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -330,13 +331,19 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 OWN_VALIDATION_FRACTION = 0.1  # held out of the training samples when no validation split is given
 ARRAY_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+MAX_CLASSES = 1_000_000  # a larger class index is a mistake, not a task (and would overflow int32 labels)
 Pair = tuple[np.ndarray, np.ndarray]
 
 
 def _labels(y, where: str) -> np.ndarray:
     """Class indices from integer labels (N,) or (N, 1), or one-hot rows (N, classes)."""
     y = np.asarray(y)
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DataError(f"{where}: {int((~np.isfinite(y)).sum())} labels are NaN or infinite")
     if y.ndim == 2 and y.shape[1] > 1:
+        if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+            raise DataError(f"{where}: labels of shape {y.shape} must be one-hot rows (a single 1 per row); soft "
+                            "or multi-label targets are not supported, give one class index per sample")
         y = np.argmax(y, axis=1)
     elif y.ndim == 2:
         y = y[:, 0]
@@ -348,6 +355,9 @@ def _labels(y, where: str) -> np.ndarray:
         raise DataError(f"{where}: labels must be whole class indices, not fractions")
     if y.size and y.min() < 0:
         raise DataError(f"{where}: labels must be class indices from 0, not negative")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(f"{where}: labels must be class indices below {MAX_CLASSES:,} (the output layer has one "
+                        f"unit per class), not {y.max()}")
     return y.astype(np.int32)
 
 
@@ -358,6 +368,9 @@ def _pair(pair, where: str) -> Pair:
         x = np.asarray(pair[0], dtype=np.float32)
     except (TypeError, ValueError) as err:
         raise DataError(f"{where}: the inputs are not numeric arrays ({err})") from None
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: {int((~np.isfinite(x)).sum())} input values are NaN or infinite (or beyond "
+                        "float32); clean or impute them first")
     y = _labels(pair[1], where)
     if len(x) != len(y):
         raise DataError(f"{where}: {len(x)} inputs but {len(y)} labels")
@@ -399,7 +412,7 @@ def load_arrays(path: str | os.PathLike) -> Splits:
             arrays = {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError, zlib.error) as err:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as err:
         raise DataError(f"{path} is not a readable .npz archive of arrays ({err})") from None
     unknown = sorted(set(arrays) - set(ARRAY_KEYS))
     missing = [key for key in ("x_train", "y_train") if key not in arrays]

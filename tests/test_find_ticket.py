@@ -6,6 +6,7 @@ TFLite, reports, and one clear error for what cannot run."""
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -194,7 +195,7 @@ def test_models_that_cannot_give_tickets_are_one_clear_error(make, message):
         mask_network(make())
 
 
-def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, cifar10):
+def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, cifar10, capsys):
     model = residual_model()
     (x, y), val, test = arrays(mnist, train=300, val=100, test=100)
     cases = [
@@ -208,6 +209,10 @@ def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, 
          r"--robustness corrupts images \(height, width, channels\); the .* samples have shape \(784,\)"),
         (dict(batch_size=5000), ValueError, "batch size 5000 exceeds"),
         (dict(train=(x, np.array(["a"] * 300))), data.DataError, "labels must be class indices"),
+        (dict(train=(x, np.full(300, 2**31))), data.DataError, "class indices below 1,000,000"),
+        (dict(train=(x, np.full((300, 10), 0.1))), data.DataError, "must be one-hot rows"),
+        (dict(train=(np.where(np.arange(300)[:, None, None, None] == 7, np.nan, x), y)), data.DataError,
+         "784 input values are NaN"),
         (dict(augment=True, train=(x.reshape(300, -1), y), validation=None, test=None), ValueError,
          "augmentation crops and flips images"),
         (dict(model=_subclassed()), NetworkError, "needs a Sequential or functional model"),
@@ -219,17 +224,22 @@ def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, 
             lottery_keras.find_ticket(**{**arguments, **overrides})
     assert not list(tmp_path.iterdir())  # refused before any run folder was made
     np.savez(tmp_path / "wrong.npz", images=x, labels=y)
+    np.savez(tmp_path / "tiny_images.npz", x_train=x[:, :8, :8], y_train=y)
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "wrong.npz").read_bytes()[:5000])
     (tmp_path / "not_a_model.keras").write_text("hello")
     for argv, message in [
         (["--arch", "lenet5", "--data", str(tmp_path / "wrong.npz")], "must hold arrays named x_train"),
         (["--model", str(tmp_path / "not_a_model.keras"), "--dataset", "mnist"], "could not be loaded"),
         (["--model", str(tmp_path / "absent.keras"), "--dataset", "mnist"], "no such file"),
         (["--arch", "lenet5"], "give one of --dataset NAME"),
+        (["--arch", "lenet5", "--data", str(tmp_path / "tiny_images.npz")], "needs images of at least 12×12"),
+        (["--arch", "lenet5", "--data", str(tmp_path / "truncated.npz")], "is not a readable .npz archive"),
         (["--dataset", "mnist", "--arch", "lenet5", "--layers", "fc1"], "use it with --model"),
         (["--data", str(tmp_path / "wrong.npz"), "--arch", "lenet5", "--preset", "frankle2019"],
          "es667 protocol applies"),
     ]:
         assert cli.main([*argv, "--output-dir", str(tmp_path / "out")]) == 1, argv
+        assert re.search(message, capsys.readouterr().err), argv
 
 
 def test_robustness_on_images_of_ones_own_scales_each_channel_from_its_training_range(tmp_path, mnist):

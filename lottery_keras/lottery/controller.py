@@ -26,7 +26,7 @@ from lottery_keras.config import Experiment, adversarial_epsilon
 from lottery_keras.lottery import pruning, saliency, strategies
 from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, ROBUSTNESS, STABILITY, RunFolder, Unit
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
-from lottery_keras.nn.models import MaskedModel, build_model
+from lottery_keras.nn.models import MIN_IMAGE_SIDE, MaskedModel, build_model
 from lottery_keras.nn.network import build_network, network_fingerprint
 from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
@@ -520,6 +520,10 @@ def _check_data(experiment: Experiment, splits: data.Splits, network: dict | Non
     if image_users and len(shape) != 3:
         raise ValueError(f"{image_users[0]} images (height, width, channels); the {splits.name} samples have shape "
                          f"{shape}")
+    smallest = MIN_IMAGE_SIDE.get(experiment.arch, 0) if convolutional else 0
+    if min(shape[:2], default=smallest) < smallest:
+        raise ValueError(f"{experiment.arch} needs images of at least {smallest}×{smallest} (its pooling halves them "
+                         f"down to nothing below that); the {splits.name} samples are {shape[0]}×{shape[1]}")
     if network is None:
         return
     model = build_network(network, seed=0)

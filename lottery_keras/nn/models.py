@@ -233,6 +233,9 @@ ARCHITECTURES: dict[str, Callable[..., MaskedModel]] = {
     "conv6": lambda **kw: ConvNet(depth=6, **kw),
 }
 
+# The smallest image height and width each convolutional architecture's pooling leaves at least 1×1.
+MIN_IMAGE_SIDE = {"lenet5": 12, "conv2": 2, "conv4": 4, "conv6": 8}
+
 
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int = 10, init: str = "glorot_normal",
                 seed: int | None = None, precision: str = "float32",
