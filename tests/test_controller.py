@@ -422,6 +422,10 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def other_layers(path: Path) -> None:
+    np.savez(path, fc9=np.ones((3, 3), np.float32))
+
+
 def plain_keras_model(path: Path) -> None:
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.save(path)
@@ -436,6 +440,8 @@ RUN_ARGS = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "all",
     (plain_keras_model, "trial_0/magnitude_rewind/round_01/ticket_trained.keras", "run", "not a lottery_keras ticket"),
     (truncate, "trial_0/magnitude_rewind/round_01/ticket_trained.keras", "run", "delete"),
     (truncate, "trial_0/theta0.npz", "run", "recreated from the seed"),
+    (other_layers, "trial_0/magnitude_rewind/round_01/masks.npz", "run", "does not hold one mask per masked layer"),
+    (other_layers, "trial_0/theta0.npz", "run", "does not hold this run's initial weights"),
     (truncate, "trial_0/random_rewind/round_00/metrics.json", "report", "not valid JSON"),
     (truncate, "config.json", "report", "not valid JSON"),
     (lambda path: path.write_bytes(b"\x00\xff\xfe garbage"), "trial_0/random_rewind/results.csv", "report",

@@ -212,19 +212,28 @@ class TrialRun:
         if round_index == 0:
             return {layer.name: np.ones(layer.mask.shape, np.float32) for layer in self.model.masked_layers()}
         if strategy.masks == "borrowed":
-            return needed[strategy.masks_from, round_index].read_masks()
+            return self._read_masks(needed[strategy.masks_from, round_index])
         if strategy.masks == "oneshot":
             return self._oneshot_masks(needed[strategy.dense_round_from, 0], round_index)
         if strategy.masks == "snip":
             return self._snip_masks(round_index)
         previous = needed[strategy.name, round_index - 1]
-        old_masks = previous.read_masks()
+        old_masks = self._read_masks(previous)
         if strategy.masks == "magnitude":
             return self._magnitude_masks(previous, old_masks, round_index)
         if strategy.masks == "structured":
             return self._structured_masks(previous, old_masks, round_index)
         reference = needed.get((strategy.counts_from, round_index))
         return self._random_masks(old_masks, round_index, reference)
+
+    def _read_masks(self, unit: Unit) -> pruning.Masks:
+        """The unit's masks, which must fit this run's masked layers."""
+        masks = unit.read_masks()
+        expected = {layer.name: tuple(layer.mask.shape) for layer in self.model.masked_layers()}
+        if {name: mask.shape for name, mask in masks.items()} != expected:
+            raise DamagedFileError(f"{unit.masks} does not hold one mask per masked layer of this run "
+                                   f"({', '.join(expected)}) in its shape; {unit.redo_hint()}")
+        return masks
 
     def _magnitude_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
         kernels = self._trained_kernels(previous)
@@ -246,7 +255,7 @@ class TrialRun:
 
     def _oneshot_masks(self, dense: Unit, round_index: int) -> pruning.Masks:
         """The dense round's trained weights pruned once to the level `round_index` prunings reach."""
-        ones = {name: np.ones_like(mask) for name, mask in dense.read_masks().items()}
+        ones = {name: np.ones_like(mask) for name, mask in self._read_masks(dense).items()}
         return self._magnitude_masks(dense, ones, round_index)
 
     def _snip_masks(self, round_index: int) -> pruning.Masks:
@@ -278,7 +287,7 @@ class TrialRun:
 
     def _random_masks(self, old_masks: pruning.Masks, round_index: int, reference: Unit | None) -> pruning.Masks:
         if self.exp.pruning_scope == "global":  # match the reference's per-layer counts at this level
-            counts = {name: int(mask.sum()) for name, mask in reference.read_masks().items()}
+            counts = {name: int(mask.sum()) for name, mask in self._read_masks(reference).items()}
         else:
             counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
         rng = np.random.default_rng(derived_seed(self.seed, round_index, "random_masks"))
@@ -297,15 +306,20 @@ class TrialRun:
 
     def _load_or_save_theta0(self) -> dict[str, np.ndarray]:
         path = self.folder.theta0(self.trial)
-        if path.exists():
-            try:
-                return read_npz(path)
-            except DamagedFileError as err:
-                raise DamagedFileError(f"{err}; delete it and run the same command again: θ0 is recreated from "
-                                       "the seed") from None
         theta0 = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.state_variables()}
-        write_npz(path, theta0)
-        return theta0
+        if not path.exists():
+            write_npz(path, theta0)
+            return theta0
+        redo = "delete it and run the same command again: θ0 is recreated from the seed"
+        try:
+            saved = read_npz(path)
+        except DamagedFileError as err:
+            raise DamagedFileError(f"{err}; {redo}") from None
+        shapes = {name: value.shape for name, value in theta0.items()}
+        if {name: value.shape for name, value in saved.items()} != shapes:
+            raise DamagedFileError(f"{path} does not hold this run's initial weights (other variables or shapes); "
+                                   f"{redo}")
+        return saved
 
     def _start_weights(self, strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]
                        ) -> dict[str, np.ndarray]:
