@@ -23,6 +23,7 @@ from lottery_keras.data import DATASETS, canonical_name
 PRUNING_SCOPES = ("layerwise", "global")
 OWN_INIT = "own"  # the initializers a model of one's own declares, seeded from the trial's seed
 MAX_LEARNING_RATE = 1.0
+MAX_PRUNE_RATE = 0.99
 # The robustness protocol (`run.py --robustness`, `train/evaluation.py`): each corruption's parameter at severities
 # 1, 2, 3 (pixel scale [0, 1]), and the FGSM step per dataset; data of one's own, whose channels are scaled from
 # their training range to [0, 1], takes the step of natural images.
@@ -76,9 +77,10 @@ class Experiment:
         self._check_own_names()
         for name in ("prune_fc", "prune_conv", "prune_output"):
             rate = getattr(self, name)
-            if not 0.0 < rate < 1.0 or np.float32(rate) == 0:
-                raise ValueError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1 (and not round to 0 "
-                                 f"in float32), not {rate}")
+            if not 0.0 < rate <= MAX_PRUNE_RATE or np.float32(rate) == 0:
+                raise ValueError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1, at most "
+                                 f"{MAX_PRUNE_RATE:g} (a round that prunes more leaves under 1 % of a layer) and not "
+                                 f"round to 0 in float32, not {rate}")
         for name in ("batch_size", "iterations", "eval_every", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")

@@ -41,6 +41,7 @@ def test_overrides_and_prune_rate_shorthand():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"prune_fc": 1.0}, "strictly between 0 and 1"),
+    ({"prune_fc": 0.9999999}, "at most 0.99"),
     ({"rounds": 0}, "at least 1"),
     ({"learning_rate": 0.0}, "positive"),
     ({"batch_size": 70_000}, "exceeds"),
