@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import json
 import re
+import types
+import typing
 
 import numpy as np
 
@@ -31,6 +33,19 @@ CORRUPTIONS = {"gaussian_noise": ("σ", (0.08, 0.16, 0.32)), "gaussian_blur": ("
                "contrast": ("×", (0.6, 0.4, 0.2)), "rotation": ("°", (10.0, 20.0, 30.0))}
 ADVERSARIAL_EPSILON = {"mnist": 0.05, "fashion_mnist": 0.05, "cifar10": 2 / 255}
 OWN_DATA_EPSILON = 2 / 255
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value fits a field's type hint (JSON gives lists for tuples, ints for whole floats)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(item, typing.get_args(hint)[0]) for item in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return value is None if hint is type(None) else isinstance(value, hint)
 
 
 def adversarial_epsilon(dataset: str) -> float:
@@ -127,6 +142,21 @@ class Experiment:
         fields["lr_drops"] = list(self.lr_drops)
         return {key: value for key, value in fields.items()
                 if key not in _LATER_FIELDS or value != _LATER_FIELDS[key]}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Experiment":
+        """The experiment `to_dict` recorded; a field missing, unknown or of the wrong type is a ValueError naming
+        it."""
+        hints = typing.get_type_hints(cls)
+        required = [field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in values]
+        unknown = sorted(set(values) - set(hints))
+        wrong = [f"{name} ({values[name]!r})" for name in values if name in hints and not _fits(values[name],
+                                                                                                 hints[name])]
+        for problem, names in (("lacks", missing), ("has unknown fields", unknown), ("has wrongly typed", wrong)):
+            if names:
+                raise ValueError(f"it {problem} {', '.join(names)}")
+        return cls(**values)
 
     @property
     def hash(self) -> str:

@@ -134,7 +134,7 @@ def test_config_json_follows_extended_rounds_and_keeps_the_data_source(run):
 
 @pytest.mark.parametrize("content, message", [
     ("[1, 2]", "is not a lottery_keras run configuration"),
-    ('{"experiment": {"dataset": "mnist", "arch": "lenet5"}, "hash": "x"}', "does not describe a valid experiment"),
+    ('{"experiment": {"dataset": "mnist", "arch": "lenet5"}, "hash": "x"}', "valid experiment .it lacks init, "),
     ('{"experiment": ', "not valid JSON"),
 ])
 def test_a_damaged_config_names_the_file(run, content, message):
@@ -142,6 +142,19 @@ def test_a_damaged_config_names_the_file(run, content, message):
     with pytest.raises(ValueError, match=message) as info:
         run.experiment()
     assert str(run.config_path) in str(info.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rounds": "three"}, "wrongly typed rounds .'three'."),
+    ({"augment": 1}, "wrongly typed augment"),
+    ({"lr_drops": [5, "a"]}, "wrongly typed lr_drops"),
+    ({"bogus": 1}, "unknown fields bogus"),
+])
+def test_a_config_with_a_wrong_field_names_the_field(run, change, message):
+    recorded = run.read_config()
+    write_json(run.config_path, recorded | {"experiment": recorded["experiment"] | change})
+    with pytest.raises(ValueError, match=message):
+        run.experiment()
 
 
 @pytest.mark.parametrize("damage, file, message", [

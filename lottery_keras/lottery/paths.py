@@ -222,7 +222,7 @@ class RunFolder:
 
     def experiment(self) -> Experiment:
         try:
-            return Experiment(**self.read_config()["experiment"])
+            return Experiment.from_dict(self.read_config()["experiment"])
         except (TypeError, ValueError) as err:
             if isinstance(err, RunFolderError):
                 raise
