@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 COMMANDS = ("run", "report", "study", "export")
@@ -331,9 +332,15 @@ def _load_model(path: str):
         raise ValueError(f"--model {path}: no such file")
     if file.suffix != ".keras":
         raise ValueError(f"--model {path}: Keras 3 opens only .keras model files (model.save('model.keras'))")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(f"--model {path} is not a .keras model file (not a zip archive); save the model with "
+                         "model.save('model.keras')")
     try:
         return keras.models.load_model(file, compile=False)
     except Exception as err:  # noqa: BLE001  (any loader failure means: not a model file we can use)
+        if "Lambda" in str(err):
+            raise ValueError(f"--model {path} holds a Lambda layer: Keras does not load its code from a file, and "
+                             "it cannot be pruned; replace it with a built-in or registered layer") from None
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"--model {path} could not be loaded as a Keras model: {type(err).__name__}: "
                          f"{first_line}") from None
@@ -364,11 +371,18 @@ def command_export(args: argparse.Namespace) -> int:
     if args.all_rounds:
         return _export_all_rounds(args)
     ticket = resolve_ticket(Path(args.target), args.round_index, args.strategy, args.trial)
+    data_given = args.dataset is not None or args.data is not None
     try:
-        experiment = RunFolder.containing(ticket).experiment()
+        folder = RunFolder.containing(ticket)
     except RunFolderError:
+        folder = None
+    try:
+        experiment = folder and folder.experiment()
+    except RunFolderError:
+        if not data_given:  # the run's damaged config.json is the problem to report
+            raise
         experiment = None
-    if experiment is None and args.dataset is None and args.data is None:
+    if experiment is None and not data_given:
         raise ValueError(f"{ticket} is not inside a run directory; pass --dataset or --data to say which test data "
                          "to use")
     splits = _export_splits(args, experiment)

@@ -384,6 +384,9 @@ def own_splits(name: str, train, validation=None, test=None, source: str = "arra
     labels as class indices (integers, or one-hot rows). Without `validation`, a fixed 10 % of the training
     samples is held out; without `test`, the validation split is also the test split (and `source` says so)."""
     x_train, y_train = _pair(train, "the training data")
+    if validation is None and len(x_train) < 2:
+        raise DataError(f"{name}: one training sample cannot also give a validation split; give more samples, or "
+                        "a validation split of its own")
     if validation is None:
         train_idx, val_idx = validation_split(len(x_train), max(1, int(len(x_train) * OWN_VALIDATION_FRACTION)))
         (x_train, y_train), (x_val, y_val) = (x_train[train_idx], y_train[train_idx]), (x_train[val_idx],

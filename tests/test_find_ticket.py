@@ -211,6 +211,7 @@ def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, 
         (dict(train=(x, np.array(["a"] * 300))), data.DataError, "labels must be class indices"),
         (dict(train=(x, np.full(300, 2**31))), data.DataError, "class indices below 1,000,000"),
         (dict(train=(x, np.full((300, 10), 0.1))), data.DataError, "must be one-hot rows"),
+        (dict(train=(x[:1], y[:1]), validation=None), data.DataError, "one training sample cannot also give"),
         (dict(train=(np.where(np.arange(300)[:, None, None, None] == 7, np.nan, x), y)), data.DataError,
          "784 input values are NaN"),
         (dict(augment=True, train=(x.reshape(300, -1), y), validation=None, test=None), ValueError,
@@ -227,9 +228,12 @@ def test_data_and_settings_that_cannot_run_are_one_clear_error(tmp_path, mnist, 
     np.savez(tmp_path / "tiny_images.npz", x_train=x[:, :8, :8], y_train=y)
     (tmp_path / "truncated.npz").write_bytes((tmp_path / "wrong.npz").read_bytes()[:5000])
     (tmp_path / "not_a_model.keras").write_text("hello")
+    _ending(keras.layers.Lambda(lambda x: 2 * x)).save(tmp_path / "lambda.keras")
     for argv, message in [
         (["--arch", "lenet5", "--data", str(tmp_path / "wrong.npz")], "must hold arrays named x_train"),
-        (["--model", str(tmp_path / "not_a_model.keras"), "--dataset", "mnist"], "could not be loaded"),
+        (["--model", str(tmp_path / "not_a_model.keras"), "--dataset", "mnist"], "is not a .keras model file"),
+        (["--model", str(tmp_path / "lambda.keras"), "--dataset", "mnist"], "holds a Lambda layer"),
+        (["report", str(tmp_path / "absent")], "absent: no such folder"),
         (["--model", str(tmp_path / "absent.keras"), "--dataset", "mnist"], "no such file"),
         (["--arch", "lenet5"], "give one of --dataset NAME"),
         (["--arch", "lenet5", "--data", str(tmp_path / "tiny_images.npz")], "needs images of at least 12×12"),
