@@ -243,6 +243,17 @@ def test_export_command_without_dataset_outside_a_run_is_a_clear_error(ticket, c
     assert "pass --dataset" in capsys.readouterr().err
 
 
+def test_export_command_in_a_run_with_a_damaged_config_names_it(ticket, tmp_path, capsys):
+    from lottery_keras import cli
+
+    unit = tmp_path / "run" / "trial_0" / "magnitude_rewind" / "round_01"
+    unit.mkdir(parents=True)
+    shutil.copy(ticket, unit / "ticket_trained.keras")
+    (tmp_path / "run" / "config.json").write_text('{"experiment": ')
+    assert cli.main(["export", str(unit / "ticket_trained.keras"), "--formats", "float"]) == 1
+    assert f"{tmp_path / 'run' / 'config.json'} is damaged: not valid JSON" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------- every round
 
 

@@ -198,7 +198,10 @@ class RunFolder:
     def read_config(self) -> dict:
         if not self.exists():
             raise RunFolderError(f"{self.directory} is not a run folder (no {CONFIG})")
-        config = read_json(self.config_path)
+        try:
+            config = read_json(self.config_path)
+        except DamagedFileError as err:
+            raise RunFolderError(f"{err}; restore it from a copy, or delete the run folder") from None
         if not isinstance(config, dict) or not isinstance(config.get("experiment"), dict) or "hash" not in config:
             raise RunFolderError(f"{self.config_path} is not a lottery_keras run configuration (it lacks "
                                  "'experiment' or 'hash'); restore it from a copy, or delete the run folder")
@@ -221,11 +224,10 @@ class RunFolder:
         return config
 
     def experiment(self) -> Experiment:
+        recorded = self.read_config()["experiment"]
         try:
-            return Experiment.from_dict(self.read_config()["experiment"])
+            return Experiment.from_dict(recorded)
         except (TypeError, ValueError) as err:
-            if isinstance(err, RunFolderError):
-                raise
             raise RunFolderError(f"{self.config_path} does not describe a valid experiment ({err}); restore it "
                                  "from a copy, or delete the run folder") from None
 
