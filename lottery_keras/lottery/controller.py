@@ -534,6 +534,11 @@ def _check_data(experiment: Experiment, splits: data.Splits, network: dict | Non
     if image_users and len(shape) != 3:
         raise ValueError(f"{image_users[0]} images (height, width, channels); the {splits.name} samples have shape "
                          f"{shape}")
+    if robustness and experiment.data and len(shape) == 3:
+        spans = splits.x_train.max(axis=(0, 1, 2)) - splits.x_train.min(axis=(0, 1, 2))
+        if not spans.all():
+            raise ValueError(f"--robustness maps each channel's training range onto pixels in [0, 1], but channel "
+                             f"{int(np.argmin(spans))} of the {splits.name} training images is constant")
     smallest = MIN_IMAGE_SIDE.get(experiment.arch, 0) if convolutional else 0
     if min(shape[:2], default=smallest) < smallest:
         raise ValueError(f"{experiment.arch} needs images of at least {smallest}×{smallest} (its pooling halves them "
