@@ -12,6 +12,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from lottery_keras.config import MAX_PRUNE_RATE, Experiment
+
 COMMANDS = ("run", "report", "study", "export")
 
 
@@ -72,7 +74,9 @@ def _trials(text: str) -> tuple[int, ...]:
     return tuple(range(bounds[0], bounds[1] + 1))
 
 
-_rate = _checked(float, lambda v: 0.0 < v < 1.0, "is not a fraction strictly between 0 and 1 (e.g. 0.2 for 20%)")
+_rate = _checked(float, lambda v: 0.0 < v <= MAX_PRUNE_RATE,
+                 f"is not a fraction in (0, {MAX_PRUNE_RATE:g}] (e.g. 0.2 for 20%; a round that prunes more leaves "
+                 "under 1% of a layer)")
 _positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 _natural = _checked(int, lambda v: v >= 0, "must be 0 or more")
@@ -338,9 +342,10 @@ def _load_model(path: str):
     try:
         return keras.models.load_model(file, compile=False)
     except Exception as err:  # noqa: BLE001  (any loader failure means: not a model file we can use)
-        if "Lambda" in str(err):
-            raise ValueError(f"--model {path} holds a Lambda layer: Keras does not load its code from a file, and "
-                             "it cannot be pruned; replace it with a built-in or registered layer") from None
+        if "deserialization of a `Lambda` layer" in str(err):
+            raise ValueError(f"--model {path} holds a Lambda layer: Keras refuses to load a Python lambda from a "
+                             "file (safe mode), and it cannot be pruned; replace it with a built-in or registered "
+                             "layer") from None
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"--model {path} could not be loaded as a Keras model: {type(err).__name__}: "
                          f"{first_line}") from None
@@ -366,26 +371,11 @@ def command_export(args: argparse.Namespace) -> int:
     quiet_tensorflow()
     from lottery_keras.deploy import tflite
     from lottery_keras.deploy.tickets import resolve_ticket
-    from lottery_keras.lottery.paths import RunFolder, RunFolderError
 
     if args.all_rounds:
         return _export_all_rounds(args)
     ticket = resolve_ticket(Path(args.target), args.round_index, args.strategy, args.trial)
-    data_given = args.dataset is not None or args.data is not None
-    try:
-        folder = RunFolder.containing(ticket)
-    except RunFolderError:
-        folder = None
-    try:
-        experiment = folder and folder.experiment()
-    except RunFolderError:
-        if not data_given:  # the run's damaged config.json is the problem to report
-            raise
-        experiment = None
-    if experiment is None and not data_given:
-        raise ValueError(f"{ticket} is not inside a run directory; pass --dataset or --data to say which test data "
-                         "to use")
-    splits = _export_splits(args, experiment)
+    splits = _export_splits(args, _experiment_of(ticket, data_given=args.dataset is not None or args.data is not None))
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
     output_dir = Path(args.output_dir) if args.output_dir else ticket.parent
     table = tflite.export_ticket(ticket, splits, formats, output_dir, args.test_limit)
@@ -404,6 +394,26 @@ def _export_splits(args: argparse.Namespace, experiment):
         raise ValueError(f"the run was trained on data of one's own ({experiment.dataset}); pass that file again "
                          "with --data FILE.npz")
     return data.load(args.dataset or experiment.dataset, args.data_dir)
+
+
+def _experiment_of(ticket: Path, data_given: bool) -> Experiment | None:
+    """The experiment of the run holding `ticket`; None outside a run, or where the run's config.json is damaged
+    but --dataset or --data says which test data to use."""
+    from lottery_keras.lottery.paths import RunFolder, RunFolderError
+
+    try:
+        folder = RunFolder.containing(ticket)
+    except RunFolderError:
+        if data_given:
+            return None
+        raise ValueError(f"{ticket} is not inside a run directory; pass --dataset or --data to say which test data "
+                         "to use") from None
+    try:
+        return folder.experiment()
+    except RunFolderError:
+        if data_given:
+            return None
+        raise
 
 
 def _export_all_rounds(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from lottery_keras.data import DATASETS, canonical_name
 PRUNING_SCOPES = ("layerwise", "global")
 OWN_INIT = "own"  # the initializers a model of one's own declares, seeded from the trial's seed
 MAX_LEARNING_RATE = 1.0
-MAX_PRUNE_RATE = 0.99
+MAX_PRUNE_RATE = 0.99  # for new experiments; runs recorded before the limit still load
 # The robustness protocol (`run.py --robustness`, `train/evaluation.py`): each corruption's parameter at severities
 # 1, 2, 3 (pixel scale [0, 1]), and the FGSM step per dataset; data of one's own, whose channels are scaled from
 # their training range to [0, 1], takes the step of natural images.
@@ -35,7 +35,7 @@ ADVERSARIAL_EPSILON = {"mnist": 0.05, "fashion_mnist": 0.05, "cifar10": 2 / 255}
 OWN_DATA_EPSILON = 2 / 255
 
 
-def _fits(value, hint) -> bool:
+def _fits(value: object, hint: object) -> bool:
     """Whether a JSON value fits a field's type hint (JSON gives lists for tuples, ints for whole floats)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(_fits(value, option) for option in typing.get_args(hint))
@@ -92,10 +92,9 @@ class Experiment:
         self._check_own_names()
         for name in ("prune_fc", "prune_conv", "prune_output"):
             rate = getattr(self, name)
-            if not 0.0 < rate <= MAX_PRUNE_RATE or np.float32(rate) == 0:
-                raise ValueError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1, at most "
-                                 f"{MAX_PRUNE_RATE:g} (a round that prunes more leaves under 1 % of a layer) and not "
-                                 f"round to 0 in float32, not {rate}")
+            if not 0.0 < rate < 1.0 or np.float32(rate) == 0:
+                raise ValueError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1 (and not round to 0 "
+                                 f"in float32), not {rate}")
         for name in ("batch_size", "iterations", "eval_every", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
@@ -155,7 +154,7 @@ class Experiment:
                                                                                                  hints[name])]
         for problem, names in (("lacks", missing), ("has unknown fields", unknown), ("has wrongly typed", wrong)):
             if names:
-                raise ValueError(f"it {problem} {', '.join(names)}")
+                raise ValueError(f"the record {problem} {', '.join(names)}")
         return cls(**values)
 
     @property
@@ -240,6 +239,10 @@ def _overridden(values: dict, overrides: dict, epoch: int | None) -> dict:
     if unknown:
         raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
     values.update(overrides)
+    for name in ("prune_fc", "prune_conv", "prune_output"):
+        if values[name] > MAX_PRUNE_RATE:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most {MAX_PRUNE_RATE:g} (a round that prunes "
+                             f"more leaves under 1 % of a layer), not {values[name]}")
     if values.get("pruning_scope") == "global" and {"prune_conv", "prune_output"} & set(overrides):
         raise ValueError("global pruning uses one rate for all layers (--prune-fc or --prune-rate); "
                          "--prune-conv and --prune-output apply to layerwise pruning only")

@@ -40,7 +40,8 @@ def test_overrides_and_prune_rate_shorthand():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"prune_fc": 1.0}, "strictly between 0 and 1"),
+    ({"prune_fc": 0.0}, "strictly between 0 and 1"),
+    ({"prune_fc": 1.0}, "at most 0.99"),
     ({"prune_fc": 0.9999999}, "at most 0.99"),
     ({"rounds": 0}, "at least 1"),
     ({"learning_rate": 0.0}, "positive"),
@@ -51,6 +52,12 @@ def test_overrides_and_prune_rate_shorthand():
 def test_invalid_values_are_rejected_with_a_clear_message(overrides, message):
     with pytest.raises(ValueError, match=message):
         config.from_preset("es667", "mnist", "lenet300_100", **overrides)
+
+
+def test_the_largest_pruning_rate_is_accepted_and_recorded_larger_ones_still_load():
+    assert config.from_preset("es667", "mnist", "lenet300_100", prune_rate=0.99).prune_output == 0.99
+    recorded = config.from_preset("es667", "mnist", "lenet300_100").to_dict() | {"prune_fc": 0.995}
+    assert config.Experiment.from_dict(recorded).prune_fc == 0.995
 
 
 def test_unknown_names_are_rejected():
@@ -95,4 +102,4 @@ def test_options_added_later_leave_published_runs_as_they_are():
     assert config.from_preset("es667", "mnist", "lenet300_100", lr_drop_factor=0.5).hash == base.hash  # no drops
     scheduled = config.from_preset("es667", "mnist", "lenet300_100", lr_drops=(20_000,), rewind_iteration=500)
     assert scheduled.hash != base.hash
-    assert config.Experiment(**json.loads(json.dumps(scheduled.to_dict()))) == scheduled
+    assert config.Experiment.from_dict(json.loads(json.dumps(scheduled.to_dict()))) == scheduled

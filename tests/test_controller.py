@@ -318,8 +318,9 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
     (["--dataset", "imagenet", "--arch", "lenet5"], "invalid choice: 'imagenet'"),
     (["--dataset", "mnist", "--arch", "resnet"], "invalid choice: 'resnet'"),
     (["--dataset", "mnist", "--arch", "lenet5", "--strategy", "best"], "invalid choice: 'best'"),
-    (["--dataset", "mnist", "--arch", "lenet5", "--prune-rate", "1.5"], "strictly between 0 and 1"),
-    (["--dataset", "mnist", "--arch", "lenet5", "--prune-fc", "0"], "strictly between 0 and 1"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--prune-rate", "1.5"], "is not a fraction in (0, 0.99]"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--prune-rate", "0.995"], "is not a fraction in (0, 0.99]"),
+    (["--dataset", "mnist", "--arch", "lenet5", "--prune-fc", "0"], "is not a fraction in (0, 0.99]"),
     (["--dataset", "mnist", "--arch", "lenet5", "--rounds", "0"], "must be at least 1"),
     (["--dataset", "mnist", "--arch", "lenet5", "--lr", "-1"], "argument --lr: -1 must be positive"),
     (["--dataset", "mnist", "--arch", "lenet5", "--lr", "inf"], "--lr must be positive, at most 1"),
@@ -426,6 +427,11 @@ def other_layers(path: Path) -> None:
     np.savez(path, fc9=np.ones((3, 3), np.float32))
 
 
+def other_shapes(path: Path) -> None:
+    with np.load(path) as saved:
+        np.savez(path, **{name: np.ones((2, 2), np.float32) for name in saved.files})
+
+
 def plain_keras_model(path: Path) -> None:
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.save(path)
@@ -441,7 +447,8 @@ RUN_ARGS = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "all",
     (truncate, "trial_0/magnitude_rewind/round_01/ticket_trained.keras", "run", "delete"),
     (truncate, "trial_0/theta0.npz", "run", "recreated from the seed"),
     (other_layers, "trial_0/magnitude_rewind/round_01/masks.npz", "run", "does not hold one mask per masked layer"),
-    (other_layers, "trial_0/theta0.npz", "run", "does not hold this run's initial weights"),
+    (other_layers, "trial_0/theta0.npz", "run", "does not hold weights of this run's model"),
+    (other_shapes, "trial_0/magnitude_rewind/round_01/masks.npz", "run", "does not hold one mask per masked layer"),
     (truncate, "trial_0/random_rewind/round_00/metrics.json", "report", "not valid JSON"),
     (truncate, "config.json", "report", "not valid JSON"),
     (lambda path: path.write_bytes(b"\x00\xff\xfe garbage"), "trial_0/random_rewind/results.csv", "report",

@@ -252,6 +252,8 @@ def test_export_command_in_a_run_with_a_damaged_config_names_it(ticket, tmp_path
     (tmp_path / "run" / "config.json").write_text('{"experiment": ')
     assert cli.main(["export", str(unit / "ticket_trained.keras"), "--formats", "float"]) == 1
     assert f"{tmp_path / 'run' / 'config.json'} is damaged: not valid JSON" in capsys.readouterr().err
+    assert cli.main(["export", str(unit / "ticket_trained.keras"), "--formats", "float", "--dataset", "mnist",
+                     "--test-limit", "100", "--output-dir", str(tmp_path / "out")]) == 0  # the data is named instead
 
 
 # ------------------------------------------------------------------------------------------------- every round

@@ -134,7 +134,8 @@ def test_config_json_follows_extended_rounds_and_keeps_the_data_source(run):
 
 @pytest.mark.parametrize("content, message", [
     ("[1, 2]", "is not a lottery_keras run configuration"),
-    ('{"experiment": {"dataset": "mnist", "arch": "lenet5"}, "hash": "x"}', "valid experiment .it lacks init, "),
+    ('{"experiment": {"dataset": "mnist", "arch": "lenet5"}, "hash": "x"}',
+     "valid experiment .the record lacks init, "),
     ('{"experiment": ', "not valid JSON"),
 ])
 def test_a_damaged_config_names_the_file(run, content, message):
@@ -157,23 +158,33 @@ def test_a_config_with_a_wrong_field_names_the_field(run, change, message):
         run.experiment()
 
 
-@pytest.mark.parametrize("damage, file, message", [
-    (lambda unit: write_json(unit.metrics, metrics(1, 98.0) | {"test_acc": "high"}), "metrics.json",
+def read_results(run: RunFolder) -> None:
+    run.strategy_results(0, "magnitude_rewind")
+
+
+def read_histories(run: RunFolder) -> None:
+    run.unit_histories("magnitude_rewind", 1)
+
+
+@pytest.mark.parametrize("damage, read, file, message", [
+    (lambda unit: write_json(unit.metrics, metrics(1, 98.0) | {"test_acc": "high"}), read_results, "metrics.json",
      "holds non-numeric test_acc"),
-    (lambda unit: write_json(unit.metrics, metrics(2, 98.0)), "metrics.json", "metrics of round 2, not of its"),
-    (lambda unit: unit.history.write_text("iteration,test_acc\n100,abc\n"), "history.csv",
+    (lambda unit: write_json(unit.metrics, metrics(1, 98.0) | {"round": "1"}), read_results, "metrics.json",
+     "holds non-numeric round"),
+    (lambda unit: write_json(unit.metrics, metrics(2, 98.0)), read_results, "metrics.json",
+     "metrics of round 2, not of its"),
+    (lambda unit: unit.history.write_text("iteration,test_acc\n100,abc\n"), read_histories, "history.csv",
      "holds non-numeric values in test_acc"),
-    (lambda unit: unit.history.write_text(""), "history.csv", "cannot be read"),
+    (lambda unit: unit.history.write_text(""), read_histories, "history.csv", "cannot be read"),
 ])
-def test_a_damaged_round_file_names_the_file_and_how_to_redo_the_round(run, damage, file, message):
+def test_a_damaged_round_file_names_the_file_and_how_to_redo_the_round(run, damage, read, file, message):
     unit = run.unit(0, "magnitude_rewind", 1)
     unit.directory.mkdir(parents=True)
     write_json(unit.metrics, metrics(1, 98.0) | {"diverged": False})
     unit.history.write_text("iteration,test_acc\n100,97.5\n")
     damage(unit)
     with pytest.raises(ValueError, match=message) as info:
-        run.strategy_results(0, "magnitude_rewind")
-        run.unit_histories("magnitude_rewind", 1)
+        read(run)
     assert f"{unit.directory / file}" in str(info.value) and f"delete {unit.directory}" in str(info.value)
 
 

@@ -32,6 +32,15 @@ def test_the_corruptions_do_what_they_say():
     assert 0.05 < float(np.std(noisy - image)) < 0.15
 
 
+def test_each_channel_of_images_of_ones_own_maps_onto_pixels_in_0_1_even_a_constant_one():
+    images = np.stack([np.linspace(-3.0, 5.0, 2 * 4 * 4).reshape(2, 4, 4), np.full((2, 4, 4), 255.0)], axis=-1)
+    scale = evaluation.Normalisation.spanning(images.astype(np.float32))
+    pixels = scale.to_pixels(images.astype(np.float32))
+    assert pixels[..., 0].min() == pytest.approx(0.0, abs=1e-6) and pixels[..., 0].max() == pytest.approx(1.0)
+    np.testing.assert_allclose(pixels[..., 1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(scale.to_inputs(pixels), images, rtol=1e-6, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def robust_run(tmp_path_factory):
     experiment = config.from_preset("es667", "mnist", "lenet300_100", **TINY)

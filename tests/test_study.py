@@ -137,13 +137,13 @@ def copy_of(run_dir: Path, destination: Path, keep: str, drop_round_0: bool = Fa
     """The run with only the `keep` strategy's units (and, if asked, without their dense round)."""
     copy = destination / run_dir.name
     shutil.copytree(run_dir, copy)
-    for unit in copy.glob("trial_*/*/"):
-        if unit.name != keep:
-            shutil.rmtree(unit)
+    for strategy_dir in (path for path in copy.glob("trial_*/*") if path.is_dir()):
+        if strategy_dir.name != keep:
+            shutil.rmtree(strategy_dir)
         elif drop_round_0:
-            shutil.rmtree(unit / "round_00")
-            results = pd.read_csv(unit / "results.csv")
-            results[results["round"] != 0].to_csv(unit / "results.csv", index=False)
+            shutil.rmtree(strategy_dir / "round_00")
+            results = pd.read_csv(strategy_dir / "results.csv")
+            results[results["round"] != 0].to_csv(strategy_dir / "results.csv", index=False)
     return copy
 
 

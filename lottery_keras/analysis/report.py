@@ -97,8 +97,10 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
     runs' common parent."""
     folders = [RunFolder(run_dir) for run_dir in run_dirs]
     for folder in folders:
-        if not folder.directory.is_dir():
+        if not folder.directory.exists():
             raise FileNotFoundError(f"{folder.directory}: no such folder")
+        if not folder.directory.is_dir():
+            raise FileNotFoundError(f"{folder.directory} is a file, not a run directory")
         if not folder.exists():
             raise FileNotFoundError(f"{folder.directory} is not a run directory (no config.json)")
     labels = [run_label(folder) for folder in folders]

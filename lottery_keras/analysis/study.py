@@ -209,7 +209,7 @@ def control_table(study: list[StudyRun]) -> pd.DataFrame:
         rounds = shown_rounds(precollapse_rounds(entry))
         for name, control in COMPARISONS.items():
             rows += comparison_rows(entry, name, control, rounds)
-    return pd.DataFrame(rows, columns=CONTROL_COLUMNS)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=CONTROL_COLUMNS)
 
 
 def nearest_round(remaining: pd.Series, level: float) -> int:
@@ -428,8 +428,7 @@ def curve_levels(entry: StudyRun) -> list[int]:
     """Dense, the round nearest 21% (where the paper compares early stopping), the last pre-collapse round and the
     first collapsed one, of those the run has finished."""
     remaining, precollapse = entry.remaining(), precollapse_rounds(entry)
-    chosen = [round_index for round_index in (0, nearest_round(remaining, PAPER_LEVELS[0]))
-              if round_index in remaining.index]
+    chosen = [nearest_round(remaining, PAPER_LEVELS[0]), *([0] if 0 in remaining.index else [])]
     if precollapse:
         chosen.append(precollapse[-1])
         if precollapse[-1] + 1 in remaining.index:

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import keras
@@ -306,19 +307,22 @@ class TrialRun:
 
     def _load_or_save_theta0(self) -> dict[str, np.ndarray]:
         path = self.folder.theta0(self.trial)
+        if path.exists():
+            return self._read_weights(path, "delete it and run the same command again: θ0 is recreated from the seed")
         theta0 = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.state_variables()}
-        if not path.exists():
-            write_npz(path, theta0)
-            return theta0
-        redo = "delete it and run the same command again: θ0 is recreated from the seed"
+        write_npz(path, theta0)
+        return theta0
+
+    def _read_weights(self, path: Path, redo_hint: str) -> dict[str, np.ndarray]:
+        """Weights saved by variable path (θ0, a rewind point), which must fit this run's model."""
         try:
             saved = read_npz(path)
-        except DamagedFileError as err:
-            raise DamagedFileError(f"{err}; {redo}") from None
-        shapes = {name: value.shape for name, value in theta0.items()}
+        except (DamagedFileError, FileNotFoundError) as err:
+            raise DamagedFileError(f"{err}; {redo_hint}") from None
+        shapes = {v.path: tuple(v.shape) for v in self.model.state_variables()}
         if {name: value.shape for name, value in saved.items()} != shapes:
-            raise DamagedFileError(f"{path} does not hold this run's initial weights (other variables or shapes); "
-                                   f"{redo}")
+            raise DamagedFileError(f"{path} does not hold weights of this run's model (other variables or shapes); "
+                                   f"{redo_hint}")
         return saved
 
     def _start_weights(self, strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]
@@ -337,10 +341,7 @@ class TrialRun:
         dense = self.ensure_round(strategies.WINNING_TICKET, 0)
         if dense.read_metrics().get("diverged"):
             raise ChainStopped("the dense round diverged, so it has no rewind point (a lower --lr may help)")
-        try:
-            return read_npz(dense.rewind_point)
-        except (DamagedFileError, FileNotFoundError) as err:
-            raise DamagedFileError(f"{err}; {dense.redo_hint()}") from None
+        return self._read_weights(dense.rewind_point, dense.redo_hint())
 
     def _set_start(self, weights: dict[str, np.ndarray], masks: pruning.Masks) -> None:
         for variable in self.model.state_variables():
@@ -524,27 +525,33 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
 def _check_data(experiment: Experiment, splits: data.Splits, network: dict | None, robustness: bool) -> None:
     """The data must suit the batch size, the augmentation, the robustness evaluation and the model: one line saying
     why not."""
-    shape = splits.input_shape
     if experiment.batch_size > len(splits.x_train):
         raise ValueError(f"batch size {experiment.batch_size} exceeds the {len(splits.x_train)} training samples")
-    convolutional = network is None and experiment.arch != "lenet300_100"
+    _check_images(experiment, splits, convolutional=network is None and experiment.arch != "lenet300_100",
+                  robustness=robustness)
+    if network is not None:
+        _check_network_fits(network, splits)
+
+
+def _check_images(experiment: Experiment, splits: data.Splits, convolutional: bool, robustness: bool) -> None:
+    """What needs images (augmentation, a built-in conv net, robustness) gets images, large enough for the net."""
+    shape = splits.input_shape
     image_users = [what for what, uses in (("augmentation crops and flips", experiment.augment),
                                             (f"{experiment.arch} takes", convolutional),
                                             ("--robustness corrupts", robustness)) if uses]
     if image_users and len(shape) != 3:
         raise ValueError(f"{image_users[0]} images (height, width, channels); the {splits.name} samples have shape "
                          f"{shape}")
-    if robustness and experiment.data and len(shape) == 3:
-        spans = splits.x_train.max(axis=(0, 1, 2)) - splits.x_train.min(axis=(0, 1, 2))
-        if not spans.all():
-            raise ValueError(f"--robustness maps each channel's training range onto pixels in [0, 1], but channel "
-                             f"{int(np.argmin(spans))} of the {splits.name} training images is constant")
-    smallest = MIN_IMAGE_SIDE.get(experiment.arch, 0) if convolutional else 0
-    if min(shape[:2], default=smallest) < smallest:
-        raise ValueError(f"{experiment.arch} needs images of at least {smallest}×{smallest} (its pooling halves them "
-                         f"down to nothing below that); the {splits.name} samples are {shape[0]}×{shape[1]}")
-    if network is None:
-        return
+    if convolutional and min(shape[:2]) < MIN_IMAGE_SIDE[experiment.arch]:
+        smallest = MIN_IMAGE_SIDE[experiment.arch]
+        raise ValueError(f"{experiment.arch} needs images of at least {smallest}×{smallest} (its convolutions and "
+                         f"pooling shrink smaller ones to nothing); the {splits.name} samples are "
+                         f"{shape[0]}×{shape[1]}")
+
+
+def _check_network_fits(network: dict, splits: data.Splits) -> None:
+    """A network of one's own takes the data's input shape and has a logit for every label."""
+    shape = splits.input_shape
     model = build_network(network, seed=0)
     expected = tuple(model.network.inputs[0].shape[1:])
     if len(expected) != len(shape) or any(size not in (None, given) for size, given in zip(expected, shape)):

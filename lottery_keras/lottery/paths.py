@@ -133,12 +133,12 @@ class Unit:
             raise DamagedFileError(f"{err}; {self.redo_hint()}") from None
         if not isinstance(metrics, dict) or "round" not in metrics:
             raise DamagedFileError(f"{self.metrics} is not a round's metrics; {self.redo_hint()}")
-        if metrics["round"] != self.round:
-            raise DamagedFileError(f"{self.metrics} holds the metrics of round {metrics['round']!r}, not of its "
-                                   f"folder's round {self.round}; {self.redo_hint()}")
         wrong = [key for key in NUMERIC_COLUMNS if key in metrics and not _is_number(metrics[key])]
         if wrong:
             raise DamagedFileError(f"{self.metrics} holds non-numeric {', '.join(wrong)}; {self.redo_hint()}")
+        if metrics["round"] != self.round:
+            raise DamagedFileError(f"{self.metrics} holds the metrics of round {metrics['round']}, not of its "
+                                   f"folder's round {self.round}; {self.redo_hint()}")
         return metrics
 
     def read_masks(self) -> dict:
@@ -391,7 +391,7 @@ class RunFolder:
 
 
 def _is_number(value) -> bool:
-    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _read_table(path: Path, columns: list[str], unit: Unit, numeric: bool = False) -> pd.DataFrame:
@@ -404,7 +404,8 @@ def _read_table(path: Path, columns: list[str], unit: Unit, numeric: bool = Fals
     missing = [column for column in columns if column not in frame]
     if missing:
         raise DamagedFileError(f"{path} lacks the column(s) {', '.join(missing)}; {unit.redo_hint()}")
-    wrong = [column for column in frame if numeric and not pd.api.types.is_numeric_dtype(frame[column])]
-    if wrong:
-        raise DamagedFileError(f"{path} holds non-numeric values in {', '.join(wrong)}; {unit.redo_hint()}")
+    if numeric:
+        wrong = [column for column in frame if not pd.api.types.is_numeric_dtype(frame[column])]
+        if wrong:
+            raise DamagedFileError(f"{path} holds non-numeric values in {', '.join(wrong)}; {unit.redo_hint()}")
     return frame

@@ -143,10 +143,12 @@ class Normalisation:
     @classmethod
     def spanning(cls, x: np.ndarray) -> "Normalisation":
         """The map of each channel's range in `x` onto [0, 1], for images with no known pixel scale: pixels
-        (x − low) / span are (x − mean) / std with mean = −low / span, std = 1 / span."""
+        (x − low) / span are (x − mean) / std with mean = −low / span, std = 1 / span (a constant channel, span 1,
+        maps to 0)."""
         axes = tuple(range(x.ndim - 1))
         low = x.min(axis=axes).astype(np.float64)
-        span = np.maximum(x.max(axis=axes) - low, np.finfo(np.float32).tiny)
+        span = x.max(axis=axes) - low
+        span = np.where(span > 0, span, 1.0)
         return cls(tuple(map(float, -low / span)), tuple(map(float, 1 / span)))
 
     def to_pixels(self, x):
