@@ -158,3 +158,8 @@ def test_a_run_without_its_dense_round_still_has_a_study(tiny_run, tmp_path):
     partial = copy_of(tiny_run, tmp_path, keep="magnitude_rewind", drop_round_0=True)
     study.write_study([partial], tmp_path / "study")
     assert (tmp_path / "study" / "learning_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_learning_curve_panels_say_how_many_seeds_they_average(tiny_study):
+    titles = [ax.get_title() for ax in study.learning_curve_figure([tiny_study]).axes if ax.get_visible()]
+    assert titles and all(title.endswith("\n2 seeds") for title in titles)

@@ -436,13 +436,22 @@ def curve_levels(entry: StudyRun) -> list[int]:
     return sorted(set(chosen))
 
 
-def history_band(entry: StudyRun, strategy: str, round_index: int) -> pd.DataFrame | None:
-    """Test accuracy by iteration: mean / min / max over the seeds with a learning curve for the round."""
+def history_band(entry: StudyRun, strategy: str, round_index: int) -> tuple[pd.DataFrame, int] | None:
+    """Test accuracy by iteration: mean / min / max over the seeds with a learning curve for the round, and how
+    many seeds those are (rounds published without their curves have none)."""
     histories = entry.run.folder.unit_histories(strategy, round_index)
     if not histories:
         return None
     stacked = pd.concat(histories).groupby("iteration")["test_acc"]
-    return pd.DataFrame({"mean": stacked.mean(), "min": stacked.min(), "max": stacked.max()})
+    return pd.DataFrame({"mean": stacked.mean(), "min": stacked.min(), "max": stacked.max()}), len(histories)
+
+
+def seed_count(counts: set[int]) -> str:
+    """How many seeds a panel's curves average, for its title ('' without curves)."""
+    if not counts:
+        return ""
+    low, high = min(counts), max(counts)
+    return f"\n{low} seed{'s' if high > 1 else ''}" if low == high else f"\n{low}–{high} seeds"
 
 
 def learning_curve_figure(study: list[StudyRun]) -> Figure:
@@ -451,16 +460,20 @@ def learning_curve_figure(study: list[StudyRun]) -> Figure:
     for row, entry in zip(axes, study):
         levels = curve_levels(entry)
         for ax, round_index in zip(row, levels):
+            seeds = set()
             for strategy in strategies.ordered(entry.results["strategy"].unique()):
-                curve = history_band(entry, strategy, round_index)
-                if curve is None:
+                band = history_band(entry, strategy, round_index)
+                if band is None:
                     continue
+                curve, count = band
+                seeds.add(count)
                 ax.plot(curve.index, curve["mean"], color=color_of(strategy), label=label_of(strategy))
                 ax.fill_between(curve.index, curve["min"], curve["max"], color=color_of(strategy), alpha=0.2,
                                 linewidth=0)
             if not ax.lines:
                 ax.text(0.5, 0.5, "no learning curve here", transform=ax.transAxes, ha="center", color="gray")
-            ax.set_title(f"{entry.label}: {entry.remaining()[round_index]:.3g}% remaining", fontsize="medium")
+            ax.set_title(f"{entry.label}: {entry.remaining()[round_index]:.3g}% remaining{seed_count(seeds)}",
+                         fontsize="medium")
             ax.set_xlabel(f"iteration (evaluated every {entry.run.experiment.eval_every})")
             ax.set_ylabel("test accuracy (%)")
             ax.grid(True, alpha=0.3)
