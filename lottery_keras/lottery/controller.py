@@ -130,6 +130,9 @@ class TrialRun:
                                              experiment.lr_drops, experiment.lr_drop_factor)
         self.trainer = Trainer(self.model, splits.x_train, splits.y_train, batch_size=experiment.batch_size,
                                augment=experiment.augment, plan=plan)
+        self.evaluator = evaluation.SplitEvaluator(self.model, {"val": (splits.x_val, splits.y_val),
+                                                                "test": (splits.x_test, splits.y_test),
+                                                                "train": (splits.x_train, splits.y_train)})
         self.requested = set(strategies.resolve(options.strategies))  # `run` narrows it to the names it runs
 
     def _build(self, seed: int, model_execution=None) -> MaskedModel:
@@ -393,7 +396,7 @@ class TrialRun:
         schedule, offset = self._schedule_and_offset(STRATEGIES[unit.strategy], unit.round)
         watch = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
                                   eval_every=self.exp.eval_every, iterations=self.exp.iterations - offset,
-                                  test_every_eval=False)  # here only to stop a copy that diverges
+                                  test_every_eval=False, evaluator=self.evaluator)  # only to stop a diverging copy
         if self.options.verbose:
             print(f"trial {self.trial} · {unit.strategy} · round {unit.round}: training a second copy for the "
                   "stability analysis", flush=True)
@@ -451,7 +454,8 @@ class TrialRun:
         iterations = self.exp.iterations - offset  # a late rewind trains the steps after K
         recorder = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
                                      eval_every=self.exp.eval_every, iterations=iterations,
-                                     train=(self.splits.x_train, self.splits.y_train), iteration_offset=offset)
+                                     train=(self.splits.x_train, self.splits.y_train), iteration_offset=offset,
+                                     evaluator=self.evaluator)
         callbacks = [recorder]
         rewind_point = WeightsAt(self.exp.rewind_iteration)
         keep_rewind_point = strategy.start == "theta0" and unit.round == 0 and self.exp.rewind_iteration > 0

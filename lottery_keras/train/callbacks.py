@@ -28,13 +28,16 @@ class EarlyStopRecorder(keras.callbacks.Callback):
     test split is evaluated at every evaluation when `test_every_eval` (curves), else only for the kept and final
     weights. With `iteration_offset` K (training resumed from step K) recorded iterations count from K.
     Training *diverged* when a validation loss is not finite or exceeds `DIVERGED_LOSS`: it is stopped
-    there, and its numbers (NaN where no evaluation was finite) are not results.
+    there, and its numbers (NaN where no evaluation was finite) are not results. An `evaluator` of the trained
+    model over the same splits is used instead of a new one, so that many trainings share its compiled graphs.
     """
 
     def __init__(self, validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
                  eval_every: int, iterations: int, train: tuple[np.ndarray, np.ndarray] | None = None,
-                 test_every_eval: bool = True, eval_batch_size: int = 1000, iteration_offset: int = 0):
+                 test_every_eval: bool = True, eval_batch_size: int = 1000, iteration_offset: int = 0,
+                 evaluator: SplitEvaluator | None = None):
         super().__init__()
+        self._shared_evaluator = evaluator
         self.eval_every = eval_every
         self.iteration_offset = iteration_offset
         self.iterations = iterations
@@ -49,7 +52,9 @@ class EarlyStopRecorder(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.history, self.best_weights, self.result, self.diverged = [], None, {}, False
-        self._evaluator = SplitEvaluator(self.model, self._splits, self.eval_batch_size)
+        if self._shared_evaluator is not None and self._shared_evaluator.model is not self.model:
+            raise ValueError("the evaluator given evaluates another model than the one trained")
+        self._evaluator = self._shared_evaluator or SplitEvaluator(self.model, self._splits, self.eval_batch_size)
 
     def on_train_batch_end(self, batch, logs=None):
         iteration = int(self.model.optimizer.iterations.numpy())
