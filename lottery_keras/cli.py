@@ -455,9 +455,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
+    parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        parser.error(f"{argv[0]!r} is not a command: choose one of {', '.join(COMMANDS)} "
+                     f"(with only options, `run` is assumed)")
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "run")
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     from lottery_keras.data import DataError
     from lottery_keras.lottery.paths import RunInUseError
     from lottery_keras.lottery.pruning import PruningCrossCheckError

@@ -338,6 +338,7 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
     (["--dataset", "mnist", "--arch", "lenet5", "--lr-drop-factor", "2"], "--lr-drop-factor must lie in (0, 1]"),
     (["--dataset", "mnist", "--arch", "lenet5", "--strategy", "structured", "--pruning-scope", "global",
       "--data-dir", "/nonexistent"], "run it with layerwise pruning"),
+    (["deploy", "--dataset", "mnist"], "'deploy' is not a command: choose one of run, report, study, export"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(args, message, capsys):
     try:
