@@ -475,10 +475,21 @@ def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str,
     return figure
 
 
-def mean_history(folder: RunFolder, strategy: str, round_index: int) -> pd.DataFrame | None:
-    """The learning curve of one round averaged over the trials that finished it, or None."""
+def mean_history(folder: RunFolder, strategy: str, round_index: int) -> tuple[pd.DataFrame, int] | None:
+    """The learning curve of one round averaged over the trials that published it, and how many those are; None
+    without any (rounds published without their curves have none)."""
     frames = folder.unit_histories(strategy, round_index)
-    return pd.concat(frames).groupby("iteration").mean().reset_index() if frames else None
+    if not frames:
+        return None
+    return pd.concat(frames).groupby("iteration").mean().reset_index(), len(frames)
+
+
+def seed_count(counts: set[int]) -> str:
+    """How many seeds a panel's curves average, for its title ('' without curves)."""
+    if not counts:
+        return ""
+    low, high = min(counts), max(counts)
+    return f"\n{low} seed{'s' if high > 1 else ''}" if low == high else f"\n{low}–{high} seeds"
 
 
 def curve_rounds(ticket: pd.DataFrame) -> list[int]:
@@ -498,18 +509,21 @@ def learning_curve_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
         ticket = strategy_rounds(rounds, run.label, TICKET)
         chosen = curve_rounds(ticket)
         colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(chosen), 1)))
+        seeds = set()
         for color, round_index in zip(colors, chosen):
             for strategy, style in ((TICKET, "-"), (REINIT, "--")):
-                history = mean_history(run.folder, strategy, round_index)
-                if history is None:
+                curve = mean_history(run.folder, strategy, round_index)
+                if curve is None:
                     continue
+                history, count = curve
+                seeds.add(count)
                 label = f"{ticket.at[round_index, 'remaining']:.3g}%" if strategy == TICKET else None
                 for ax, column in zip(row, ("val_acc", "test_acc")):
                     ax.plot(history["iteration"], history[column], linestyle=style, color=color, label=label)
         for ax, name in zip(row, ("validation", "test")):
-            ax.set_xlabel("training iteration")
+            ax.set_xlabel(f"training iteration (evaluated every {run.experiment.eval_every})")
             ax.set_ylabel(f"{name} accuracy (%)")
-            ax.set_title(f"{run.label}: {name}", fontsize="medium")
+            ax.set_title(f"{run.label}: {name}{seed_count(seeds)}", fontsize="medium")
             ax.grid(True, alpha=0.3)
         styles = [Line2D([], [], color="black", linestyle="-", label=label_of(TICKET)),
                   Line2D([], [], color="black", linestyle="--", label=label_of(REINIT))]

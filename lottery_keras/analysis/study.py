@@ -446,14 +446,6 @@ def history_band(entry: StudyRun, strategy: str, round_index: int) -> tuple[pd.D
     return pd.DataFrame({"mean": stacked.mean(), "min": stacked.min(), "max": stacked.max()}), len(histories)
 
 
-def seed_count(counts: set[int]) -> str:
-    """How many seeds a panel's curves average, for its title ('' without curves)."""
-    if not counts:
-        return ""
-    low, high = min(counts), max(counts)
-    return f"\n{low} seed{'s' if high > 1 else ''}" if low == high else f"\n{low}–{high} seeds"
-
-
 def learning_curve_figure(study: list[StudyRun]) -> Figure:
     columns = max(len(curve_levels(entry)) for entry in study)
     figure, axes = report.new_figure(len(study), columns, (4.2, 3.2))
@@ -472,7 +464,7 @@ def learning_curve_figure(study: list[StudyRun]) -> Figure:
                                 linewidth=0)
             if not ax.lines:
                 ax.text(0.5, 0.5, "no learning curve here", transform=ax.transAxes, ha="center", color="gray")
-            ax.set_title(f"{entry.label}: {entry.remaining()[round_index]:.3g}% remaining{seed_count(seeds)}",
+            ax.set_title(f"{entry.label}: {entry.remaining()[round_index]:.3g}% remaining{report.seed_count(seeds)}",
                          fontsize="medium")
             ax.set_xlabel(f"iteration (evaluated every {entry.run.experiment.eval_every})")
             ax.set_ylabel("test accuracy (%)")
