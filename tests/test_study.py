@@ -163,3 +163,8 @@ def test_a_run_without_its_dense_round_still_has_a_study(tiny_run, tmp_path):
 def test_learning_curve_panels_say_how_many_seeds_they_average(tiny_study):
     titles = [ax.get_title() for ax in study.learning_curve_figure([tiny_study]).axes if ax.get_visible()]
     assert titles and all(title.endswith("\n2 seeds") for title in titles)
+
+
+def test_accuracy_panels_name_the_protocol_and_the_seeds(tiny_study):
+    titles = {ax.get_title() for ax in study.accuracy_figure([tiny_study]).axes}
+    assert titles == {f"{tiny_study.label} (custom protocol)\n2 seeds"}

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from lottery_keras.config import CORRUPTIONS, Experiment, adversarial_epsilon
+from lottery_keras.config import CORRUPTIONS, Experiment, adversarial_epsilon, preset_of
 from lottery_keras.lottery import strategies
 from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, REPORT, RESULT_COLUMNS, RunFolder
 from lottery_keras.lottery.strategies import RANDOM_PRUNING_CONTROL as RANDOM_PRUNING
@@ -469,7 +469,7 @@ def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str,
             remaining_axis(ax, rounds.loc[rounds["run"] == run.label, "remaining"],
                            ticks=strategy_rounds(rounds, run.label, TICKET)["remaining"])
             ax.set_ylabel(ylabel)
-            ax.set_title(run.label, fontsize="medium")
+            ax.set_title(panel_title(run), fontsize="medium")
         if row[0].get_legend_handles_labels()[0]:  # a run with no finished round has nothing to label
             row[0].legend(fontsize="small")
     return figure
@@ -482,6 +482,12 @@ def mean_history(folder: RunFolder, strategy: str, round_index: int) -> tuple[pd
     if not frames:
         return None
     return pd.concat(frames).groupby("iteration").mean().reset_index(), len(frames)
+
+
+def panel_title(run: Run) -> str:
+    """A run's label, the protocol it follows and how many seeds its bands span: run folders alone do not say."""
+    seeds = set(run.results.groupby("strategy")["trial"].nunique())
+    return f"{run.label} ({preset_of(run.experiment) or 'custom protocol'}){seed_count(seeds)}"
 
 
 def seed_count(counts: set[int]) -> str:

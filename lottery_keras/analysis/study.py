@@ -401,7 +401,7 @@ def accuracy_figure(study: list[StudyRun]) -> Figure:
         row[1].set_ylabel(f"{entry.metric} (%), zoomed")
         row[2].set_ylabel("early-stop iteration")
         for ax in row:
-            ax.set_title(entry.label, fontsize="medium")
+            ax.set_title(report.panel_title(entry.run), fontsize="medium")
         handles, _ = row[0].get_legend_handles_labels()
         if not entry.reference.empty:
             handles.append(Line2D([], [], color="black", linestyle=":", marker="x", label="ES667 (published, 1 seed)"))
