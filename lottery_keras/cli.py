@@ -80,6 +80,7 @@ _rate = _checked(float, lambda v: 0.0 < v <= MAX_PRUNE_RATE,
 _positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 _natural = _checked(int, lambda v: v >= 0, "must be 0 or more")
+_minutes = _checked(float, lambda v: 0 <= v < float("inf"), "must be a number of minutes, 0 (never) or more")
 _folder = _checked(str, lambda v: v.strip() != "", "must name a folder (an empty path would mean the current one)")
 
 
@@ -170,6 +171,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--stability", action="store_true",
                      help="also train a second copy of every round on another data order and measure the error "
                           "barrier between the two (finished rounds too; twice the training): column instability")
+    how.add_argument("--checkpoint-minutes", type=_minutes, default=10.0, metavar="M",
+                     help="a round in training saves a checkpoint every M minutes, so that an interrupted run goes "
+                          "on from it (default 10; 0: never)")
     how.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory")
 
     plan = parser.add_argument_group("execution plan (default: what measured faster for the architecture here)")
@@ -286,7 +290,8 @@ def command_run(args: argparse.Namespace) -> int:
             print(f"trials on {args.ray_address or f'{args.workers} local'} Ray worker(s), one thread each")
     options = controller.RunOptions(strategies=names, trials=args.trials, check_tfmot=args.check_tfmot, plan=plan,
                                     verbose=not args.quiet, workers=args.workers, ray_address=args.ray_address,
-                                    robustness=args.robustness, stability=args.stability)
+                                    robustness=args.robustness, stability=args.stability,
+                                    checkpoint_minutes=args.checkpoint_minutes)
     folder = controller.run_experiment(experiment, args.output_dir, args.data_dir, options, network=network,
                                        splits=splits)
     print(f"\nResults in {folder.directory} (mean over its finished trials):")

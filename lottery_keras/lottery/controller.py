@@ -35,6 +35,7 @@ from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_pa
 from lottery_keras.train import evaluation
 from lottery_keras.train import plan as execution
 from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar, WeightsAt
+from lottery_keras.train.checkpoint import RoundCheckpoint
 from lottery_keras.train.loop import Trainer, compile_model
 from lottery_keras.train.schedule import LearningRateSchedule
 
@@ -99,10 +100,13 @@ class RunOptions:
     ray_address: str | None = None  # an existing Ray cluster to run the trials on instead
     robustness: bool = False  # also score each trained ticket under corruptions and FGSM (finished rounds too)
     stability: bool = False  # also train a second copy per round on another data order: `instability` (costs 2×)
+    checkpoint_minutes: float = 10.0  # a round in training saves a checkpoint this often to go on from (0: never)
 
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, not {self.workers}")
+        if not self.checkpoint_minutes >= 0:
+            raise ValueError(f"--checkpoint-minutes must be 0 (never) or more, not {self.checkpoint_minutes}")
 
     @property
     def parallel(self) -> bool:
@@ -401,9 +405,10 @@ class TrialRun:
             print(f"trial {self.trial} · {unit.strategy} · round {unit.round}: training a second copy for the "
                   "stability analysis", flush=True)
         self._seed_randomness(unit.round, "copy")
-        self.trainer.train(self.exp.iterations - offset, self.exp.eval_every,
-                           derived_seed(self.seed, unit.round, "data", "copy"), [watch], schedule=schedule,
-                           step_offset=offset)
+        data_seed = derived_seed(self.seed, unit.round, "data", "copy")
+        checkpoint = self._checkpoint(unit.copy_checkpoint, data_seed, self.exp.iterations - offset, offset)
+        self.trainer.train(self.exp.iterations - offset, self.exp.eval_every, data_seed, [watch], schedule=schedule,
+                           step_offset=offset, checkpoint=checkpoint)
         instability = math.nan
         if watch.diverged:
             print(f"warning: trial {self.trial} · {unit.strategy} · round {unit.round}: the stability copy "
@@ -414,6 +419,8 @@ class TrialRun:
             write_csv(unit.stability, pd.DataFrame({"alpha": list(path), "test_acc": list(path.values())}))
             instability = evaluation.error_barrier(path)
         write_json(unit.metrics, {**metrics, "instability": instability})
+        if checkpoint:
+            checkpoint.discard()
         return True
 
     def _schedule_and_offset(self, strategy: Strategy, round_index: int) -> tuple[LearningRateSchedule, int]:
@@ -466,11 +473,13 @@ class TrialRun:
                      f"{remaining:.2f}% of weights remaining")
             callbacks.append(ProgressBar(recorder, label))
         self._seed_randomness(unit.round)
+        data_seed = derived_seed(self.seed, unit.round, "data")
+        checkpoint = self._checkpoint(unit.checkpoint, data_seed, iterations, offset)
         started = time.perf_counter()
-        self.trainer.train(iterations, self.exp.eval_every, derived_seed(self.seed, unit.round, "data"), callbacks,
-                           schedule=schedule, step_offset=offset,
-                           pause_at=[self.exp.rewind_iteration] if keep_rewind_point else [])
-        seconds = time.perf_counter() - started
+        self.trainer.train(iterations, self.exp.eval_every, data_seed, callbacks, schedule=schedule,
+                           step_offset=offset, pause_at=[self.exp.rewind_iteration] if keep_rewind_point else [],
+                           checkpoint=checkpoint)
+        seconds = checkpoint.seconds_spent() if checkpoint else time.perf_counter() - started
         if keep_rewind_point and rewind_point.weights is not None:  # None: diverged before step K
             write_npz(unit.rewind_point, rewind_point.weights)
         save_ticket(self.model, self.splits.input_shape, unit.ticket_trained)
@@ -486,6 +495,16 @@ class TrialRun:
             "generalization_gap": result["train_acc"] - result["test_acc"], "train_seconds": round(seconds, 3),
             "engine": self.trainer.last_engine,
         })
+        if checkpoint:
+            checkpoint.discard()
+
+    def _checkpoint(self, path: Path, data_seed: int, iterations: int, offset: int) -> RoundCheckpoint | None:
+        """The mid-round checkpoint of one training run, unless the options turn them off."""
+        if not self.options.checkpoint_minutes:
+            return None
+        identity = {"data_seed": data_seed, "iterations": iterations, "step_offset": offset}
+        return RoundCheckpoint(path, identity, every_seconds=60 * self.options.checkpoint_minutes,
+                               verbose=self.options.verbose)
 
 
 def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outputs",

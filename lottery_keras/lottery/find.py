@@ -94,7 +94,8 @@ def find_ticket(model: keras.Model, train, validation=None, test=None, *,
                 eval_every: int | None = None, trials: int | Sequence[int] = 1, seed: int = 0,
                 layers: LayerChoice = None, name: str = "data", output_dir: str | os.PathLike = "outputs",
                 data_dir: str | os.PathLike | None = None, workers: int = 1, robustness: bool = False,
-                stability: bool = False, verbose: bool = True, **protocol) -> TicketSearch:
+                stability: bool = False, checkpoint_minutes: float = 10.0, verbose: bool = True,
+                **protocol) -> TicketSearch:
     """Iterative magnitude pruning with rewinding, and its controls, on one's own Keras 3 model.
 
     `model`: a built Sequential or functional classifier ending in logits (its current weights are not used:
@@ -107,7 +108,8 @@ def find_ticket(model: keras.Model, train, validation=None, test=None, *,
     fields (e.g. `rewind_iteration`, `prune_output`, `warmup_iterations`) go in `protocol`. `layers`: which
     prunable layers to prune (names or a predicate; default all `Dense` and convolution layers). Results go to
     `<output_dir>/<name>-<model name>-<hash>/`, the same layout as `run.py`'s, and a call with the same model,
-    data and settings resumes after the last finished round."""
+    data and settings resumes after the last finished round, inside it from a checkpoint that a round in training
+    saves every `checkpoint_minutes` (0: never)."""
     check_cloneable(model, "find_ticket")
     if isinstance(train, str):
         if validation is not None or test is not None:
@@ -122,7 +124,8 @@ def find_ticket(model: keras.Model, train, validation=None, test=None, *,
                   learning_rate=learning_rate, prune_rate=prune_rate, eval_every=eval_every, seed=seed, **protocol)
     options = controller.RunOptions(strategies=(strategies,) if isinstance(strategies, str) else tuple(strategies),
                                     trials=tuple(range(trials)) if isinstance(trials, int) else tuple(trials),
-                                    verbose=verbose, workers=workers, robustness=robustness, stability=stability)
+                                    verbose=verbose, workers=workers, robustness=robustness, stability=stability,
+                                    checkpoint_minutes=checkpoint_minutes)
     folder = controller.run_experiment(run.experiment, output_dir, data_dir, options, network=run.network,
                                        splits=run.splits)
     return TicketSearch(folder.directory, with_tickets(folder))

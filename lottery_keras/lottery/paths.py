@@ -11,6 +11,7 @@
             masks.npz                    one 0/1 array per layer
             history.csv                  one row per evaluation (learning curves)
             metrics.json                 the round's results; written last, so it marks the unit finished
+            checkpoint.npz               while it trains: where an interrupted round goes on from
 
 A strategy's results.csv is derived from its finished units and rebuilt after each one; rows of rounds whose unit
 folder is absent are kept (the first published trials committed only the tables). Published runs commit each
@@ -43,6 +44,8 @@ ROBUSTNESS = "robustness.csv"  # test accuracy per corruption and severity, with
 STABILITY = "stability.csv"  # test accuracy along the path between two copies, with --stability
 REWIND_POINT = "rewind_point.npz"  # θ_K, kept by a dense round from θ0 under late rewinding
 HISTORY = "history.csv"
+CHECKPOINT = "checkpoint.npz"  # a round in training (`train/checkpoint.py`); deleted once it is finished
+COPY_CHECKPOINT = "stability_copy_checkpoint.npz"  # the same for its stability copy
 METRICS = "metrics.json"
 REPORT = "report"
 LOCK = ".lock"
@@ -114,6 +117,14 @@ class Unit:
     @property
     def metrics(self) -> Path:
         return self.directory / METRICS
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.directory / CHECKPOINT
+
+    @property
+    def copy_checkpoint(self) -> Path:
+        return self.directory / COPY_CHECKPOINT
 
     def is_finished(self) -> bool:
         """Its results exist."""

@@ -101,6 +101,15 @@ class EarlyStopRecorder(keras.callbacks.Callback):
     def history_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)
 
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What a mid-round checkpoint keeps (`checkpoint.ResumableCallback`)."""
+        best = {str(index): weight for index, weight in enumerate(self.best_weights or [])}
+        return {"history": self.history, "diverged": self.diverged, "has_best": self.best_weights is not None}, best
+
+    def set_state(self, values: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.history, self.diverged = values["history"], values["diverged"]
+        self.best_weights = [arrays[str(index)] for index in range(len(arrays))] if values["has_best"] else None
+
 
 class ProgressBar(keras.callbacks.Callback):
     """A `keras.utils.Progbar` over iterations showing the latest validation loss and accuracy."""
@@ -136,3 +145,10 @@ class WeightsAt(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) == self.step:
             self.weights = {v.path: keras.ops.convert_to_numpy(v) for v in self.model.state_variables()}
+
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What a mid-round checkpoint keeps (`checkpoint.ResumableCallback`)."""
+        return {"kept": self.weights is not None}, dict(self.weights or {})
+
+    def set_state(self, values: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.weights = dict(arrays) if values["kept"] else None

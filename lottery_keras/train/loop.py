@@ -28,6 +28,7 @@ import tensorflow as tf
 from lottery_keras.nn.models import MaskedModel
 from lottery_keras.train import plan as execution
 from lottery_keras.train import sparse
+from lottery_keras.train.checkpoint import RoundCheckpoint
 from lottery_keras.train.optimizers import FusedAdam
 from lottery_keras.train.schedule import (LearningRateSchedule, chunk_ends, epoch_permutation, reset_optimizer,
                                           steps_per_epoch)
@@ -138,14 +139,16 @@ class Trainer:
 
     def train(self, iterations: int, eval_every: int, seed: int,
               callbacks: Sequence[keras.callbacks.Callback] = (), *, schedule: LearningRateSchedule | None = None,
-              step_offset: int = 0, pause_at: Sequence[int] = ()) -> None:
+              step_offset: int = 0, pause_at: Sequence[int] = (), checkpoint: RoundCheckpoint | None = None
+              ) -> None:
         """Run `iterations` steps from a fresh optimizer. Callbacks get `on_train_begin`, `on_train_batch_end`
         at least at every multiple of `eval_every`, at each step of `pause_at` and at the last step
         (`model.optimizer.iterations` says which step), and `on_train_end`.
 
         `schedule` gives each step's learning rate (default: the optimizer's rate, constant). With
         `step_offset` K the steps are steps K … K + iterations − 1 of the sample order and of the schedule
-        (training resumed from a rewind point); the optimizer and the callbacks still count from 0."""
+        (training resumed from a rewind point); the optimizer and the callbacks still count from 0. With a
+        `checkpoint`, training goes on from it if it has one and saves it now and then (not under `fit`)."""
         if iterations < 1 or eval_every < 1:
             raise ValueError(f"iterations ({iterations}) and eval_every ({eval_every}) must be at least 1")
         if schedule is None:
@@ -153,7 +156,7 @@ class Trainer:
         if self._sparse is not None and sparse.density_percent(self.model) < execution.SPARSE_BELOW_PERCENT:
             self.last_engine = "sparse"
             return self._sparse.train(iterations, eval_every, seed, callbacks, schedule=schedule,
-                                      step_offset=step_offset, pause_at=pause_at)
+                                      step_offset=step_offset, pause_at=pause_at, checkpoint=checkpoint)
         self.last_engine = "dense"
         reset_optimizer(self.model)
         if self._compiled is None:
@@ -166,13 +169,18 @@ class Trainer:
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=self.model)
         self.model.stop_training = False
         callback_list.on_train_begin()
-        done, rates = 0, tf.constant(schedule.table(step_offset + iterations))
+        done = checkpoint.restore(self.model, callbacks, "dense")[0] if checkpoint else 0
+        rates = tf.constant(schedule.table(step_offset + iterations))
         for end in chunk_ends(iterations, eval_every, pause_at):
+            if end <= done:
+                continue
             self._compiled.run(seed, step_offset + done, end - done, rates)
             done = end
             callback_list.on_train_batch_end(done - 1, {})
             if self.model.stop_training:
                 break
+            if checkpoint and done < iterations:
+                checkpoint.maybe_save(self.model, done, callbacks)
         callback_list.on_train_end()
 
 

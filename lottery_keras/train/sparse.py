@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from lottery_keras.nn.models import MaskedModel
 from lottery_keras.nn.native import native_ops
+from lottery_keras.train.checkpoint import RoundCheckpoint
 from lottery_keras.train.schedule import (LearningRateSchedule, chunk_ends, epoch_permutation, reset_optimizer,
                                           steps_per_epoch)
 
@@ -100,22 +101,26 @@ class SparseMlpTrainer:
 
     def train(self, iterations: int, eval_every: int, seed: int,
               callbacks: Sequence[keras.callbacks.Callback] = (), *, schedule: LearningRateSchedule | None = None,
-              step_offset: int = 0, pause_at: Sequence[int] = ()) -> None:
+              step_offset: int = 0, pause_at: Sequence[int] = (), checkpoint: RoundCheckpoint | None = None
+              ) -> None:
         reset_optimizer(self.model)
         optimizer, layers = self.model.optimizer, self.model.masked_layers()
-        structure = [SparseLayer.of(keras.ops.convert_to_numpy(layer.mask) > 0) for layer in layers]
-        values = [s.values(keras.ops.convert_to_numpy(layer.kernel)) for s, layer in zip(structure, layers)]
-        biases = [keras.ops.convert_to_numpy(layer.bias).astype(np.float32) for layer in layers]
-        moments = [np.zeros_like(v) for v in values] * 2 + [np.zeros_like(b) for b in biases] * 2
-        adam = dict(beta1=float(optimizer.beta_1), beta2=float(optimizer.beta_2), epsilon=float(optimizer.epsilon))
         if schedule is None:
             schedule = LearningRateSchedule(float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
-        n = len(layers)
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=self.model)
         self.model.stop_training = False
         callback_list.on_train_begin()
-        done = 0
+        done, saved = checkpoint.restore(self.model, callbacks, "sparse") if checkpoint else (0, {})
+        structure = [SparseLayer.of(keras.ops.convert_to_numpy(layer.mask) > 0) for layer in layers]
+        values = [s.values(keras.ops.convert_to_numpy(layer.kernel)) for s, layer in zip(structure, layers)]
+        biases = [keras.ops.convert_to_numpy(layer.bias).astype(np.float32) for layer in layers]
+        n = len(layers)
+        moments = ([saved[f"moment_{index}"] for index in range(4 * n)] if saved else
+                   [np.zeros_like(v) for v in values] * 2 + [np.zeros_like(b) for b in biases] * 2)
+        adam = dict(beta1=float(optimizer.beta_1), beta2=float(optimizer.beta_2), epsilon=float(optimizer.epsilon))
         for end in chunk_ends(iterations, eval_every, pause_at):
+            if end <= done:
+                continue
             steps = np.arange(step_offset + done, step_offset + end)
             outputs = self.ops.lottery_sparse_mlp_steps(
                 self.x, self.y, self.batches(seed, step_offset + done, end - done), tf.constant(done, tf.int64),
@@ -132,4 +137,7 @@ class SparseMlpTrainer:
             callback_list.on_train_batch_end(done - 1, {})
             if self.model.stop_training:
                 break
+            if checkpoint and done < iterations:
+                checkpoint.maybe_save(self.model, done, callbacks,
+                                      {f"moment_{index}": np.asarray(m) for index, m in enumerate(moments)})
         callback_list.on_train_end()
