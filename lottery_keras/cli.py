@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     run = commands.add_parser("run", help="run (or resume) an IMP experiment",
                               description="Run iterative magnitude pruning; a run started again with the same "
-                                          "arguments resumes after its last finished round.")
+                                          "arguments resumes where it stopped (--checkpoint-minutes).")
     _add_run_arguments(run)
     report = commands.add_parser("report", help="tables, figures and report.md from run directories",
                                  description="Summarise finished (or partly finished) runs: accuracy and "

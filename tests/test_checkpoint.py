@@ -49,19 +49,20 @@ class CrashAt(keras.callbacks.Callback):
             raise Crash
 
 
-def masked_mlp(engine: str, input_shape) -> models.MaskedModel:
+def masked_mlp(engine: str, input_shape, mask_seed: int = 4) -> models.MaskedModel:
     model = models.build_model("lenet300_100", input_shape, seed=3)
     compile_model(model, 2e-3)
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(mask_seed)
     density = 0.05 if engine == "sparse" else 0.5
     model.set_masks({layer.name: (rng.random(layer.mask.shape) < density).astype(np.float32)
                      for layer in model.masked_layers()})
     return model
 
 
-def train(splits, engine: str, checkpoint: RoundCheckpoint | None = None, crash_at: int | None = None):
+def train(splits, engine: str, checkpoint: RoundCheckpoint | None = None, crash_at: int | None = None,
+          mask_seed: int = 4):
     """One run of the round's training from the same start; returns the model and its two callbacks."""
-    model = masked_mlp(engine, splits.input_shape)
+    model = masked_mlp(engine, splits.input_shape, mask_seed)
     plan = ExecutionPlan(sparse_kernels=engine == "sparse")
     trainer = Trainer(model, splits.x_train, splits.y_train, batch_size=60, plan=plan)
     recorder = EarlyStopRecorder((splits.x_val, splits.y_val), (splits.x_test, splits.y_test), eval_every=EVAL_EVERY,
@@ -114,9 +115,10 @@ def edit_checkpoint(path: Path, edit) -> None:
         np.savez(file, **arrays)
 
 
-def crashed_checkpoint(splits, path: Path) -> Path:
+def crashed_checkpoint(splits, path: Path, mask_seed: int = 4) -> Path:
     with pytest.raises(Crash):
-        train(splits, "dense", RoundCheckpoint(path, IDENTITY, every_seconds=1e-9), crash_at=CRASH_AT)
+        train(splits, "dense", RoundCheckpoint(path, IDENTITY, every_seconds=1e-9), crash_at=CRASH_AT,
+              mask_seed=mask_seed)
     return path
 
 
@@ -149,12 +151,20 @@ def _truncate(path: Path) -> None:
     (lambda path: edit_checkpoint(path, lambda arrays, meta: meta.update(engine="sparse")),
      "written by the sparse engine"),
     (lambda path: edit_checkpoint(path, lambda arrays, meta: arrays.update({"variable/0": np.zeros(3)})),
-     "do not fit the model"),
+     "its variable/0 does not fit (shape (3,)"),
     (lambda path: edit_checkpoint(path, lambda arrays, meta: meta["callbacks"].pop()), "other callbacks"),
-], ids=["truncated", "other run", "other engine", "other model", "other callbacks"])
+    (lambda path: edit_checkpoint(path, lambda arrays, meta: meta["callbacks"][0]["history"].append(7)),
+     "a callback's state does not fit"),
+    (lambda path: edit_checkpoint(path, lambda arrays, meta: meta.update(format=0)), "another version"),
+    ("other start", "started from other weights or masks"),
+], ids=["truncated", "other run", "other engine", "other model", "other callbacks", "bad callback state",
+        "old format", "other start"])
 def test_an_unusable_checkpoint_is_ignored_with_a_warning(mnist_small, straight, tmp_path, capsys, damage, warning):
-    path = crashed_checkpoint(mnist_small, tmp_path / "checkpoint.npz")
-    damage(path)
+    """Ignored, with a warning, and the round trains from its start as if there were none (a callback's state
+    that does not fit leaves every callback as it was)."""
+    path = crashed_checkpoint(mnist_small, tmp_path / "checkpoint.npz", mask_seed=5 if damage == "other start" else 4)
+    if callable(damage):
+        damage(path)
     result = train(mnist_small, "dense", RoundCheckpoint(path, IDENTITY))
     assert_same_training(result, straight["dense"])
     err = capsys.readouterr().err
@@ -192,6 +202,11 @@ def test_a_run_killed_mid_round_goes_on_from_the_checkpoint(tmp_path):
     assert resumed.returncode == 0, err
     assert "going on from the checkpoint at iteration" in out
     assert not list((tmp_path / "killed").glob("**/checkpoint.npz"))  # deleted once the round is finished
+    stale, = (tmp_path / "killed").glob("*/trial_0/magnitude_rewind/round_00")
+    (stale / "checkpoint.npz").write_bytes(b"left by a kill just after the round finished")
+    again = run_cli(*args, output_dir=tmp_path / "killed")
+    assert again.wait(timeout=600) == 0, again.stderr.read()
+    assert not (stale / "checkpoint.npz").exists()
     for name in ("results.csv", "round_01/history.csv"):
         a, b = (pd.read_csv(next((tmp_path / run).glob(f"*/trial_0/magnitude_rewind/{name}")))
                 for run in ("straight", "killed"))

@@ -3,7 +3,8 @@
 Work is organised in (trial, strategy, round) units (`paths.Unit`); what each strategy's masks and starting
 weights are, and so which units a unit depends on, is the strategy registry's (`strategies.py`). A run started
 again with the same command skips finished units (those with their tickets), so a killed run resumes after its
-last finished round. Every unit depends only on files (θ0, earlier masks and tickets) and seeds derived from
+last finished round, and inside the round it was training from that round's last checkpoint
+(`train/checkpoint.py`). Every unit depends only on files (θ0, earlier masks and tickets) and seeds derived from
 (seed, trial, round), so a resumed run produces the same results as an uninterrupted one.
 """
 
@@ -105,8 +106,9 @@ class RunOptions:
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, not {self.workers}")
-        if not self.checkpoint_minutes >= 0:
-            raise ValueError(f"--checkpoint-minutes must be 0 (never) or more, not {self.checkpoint_minutes}")
+        if not isinstance(self.checkpoint_minutes, (int, float)) or not 0 <= self.checkpoint_minutes < math.inf:
+            raise ValueError(f"--checkpoint-minutes must be a number of minutes, 0 (never) or more, not "
+                             f"{self.checkpoint_minutes!r}")
 
     @property
     def parallel(self) -> bool:
@@ -171,6 +173,7 @@ class TrialRun:
         if unit.is_resumable():
             if name in self.requested and self._add_evaluations(unit):
                 self.folder.refresh_results(self.trial, name)
+            unit.remove_stale_checkpoints()
             return unit
         strategy = STRATEGIES[name]
         needed = {dependency: self.ensure_round(*dependency)
@@ -419,8 +422,7 @@ class TrialRun:
             write_csv(unit.stability, pd.DataFrame({"alpha": list(path), "test_acc": list(path.values())}))
             instability = evaluation.error_barrier(path)
         write_json(unit.metrics, {**metrics, "instability": instability})
-        if checkpoint:
-            checkpoint.discard()
+        unit.copy_checkpoint.unlink(missing_ok=True)
         return True
 
     def _schedule_and_offset(self, strategy: Strategy, round_index: int) -> tuple[LearningRateSchedule, int]:
@@ -495,8 +497,7 @@ class TrialRun:
             "generalization_gap": result["train_acc"] - result["test_acc"], "train_seconds": round(seconds, 3),
             "engine": self.trainer.last_engine,
         })
-        if checkpoint:
-            checkpoint.discard()
+        unit.checkpoint.unlink(missing_ok=True)
 
     def _checkpoint(self, path: Path, data_seed: int, iterations: int, offset: int) -> RoundCheckpoint | None:
         """The mid-round checkpoint of one training run, unless the options turn them off."""

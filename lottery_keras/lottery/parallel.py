@@ -4,8 +4,8 @@ existing cluster whose nodes share the run directory's filesystem).
 Each trial is one Ray task: a worker process with one TensorFlow thread (on small networks, one single-thread
 worker per core beats one process using every core) takes the driver's data from Ray's object store and runs
 `controller.TrialRun` into the same run folder, with the same layout and finish markers as a serial run, so the
-results are identical and a killed study resumes as usual. A worker that dies costs only its unfinished unit: Ray
-runs the task again, and it resumes after the trial's last finished round. The driver holds the run's lock
+results are identical and a killed study resumes as usual. A worker that dies costs only its unfinished unit's
+training since its last checkpoint: Ray runs the task again, and it resumes from there. The driver holds the run's lock
 throughout. Ray is imported only here, and only for runs that ask for workers.
 """
 

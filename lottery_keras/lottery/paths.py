@@ -12,6 +12,7 @@
             history.csv                  one row per evaluation (learning curves)
             metrics.json                 the round's results; written last, so it marks the unit finished
             checkpoint.npz               while it trains: where an interrupted round goes on from
+            stability_copy_checkpoint.npz  the same for the second copy of --stability
 
 A strategy's results.csv is derived from its finished units and rebuilt after each one; rows of rounds whose unit
 folder is absent are kept (the first published trials committed only the tables). Published runs commit each
@@ -125,6 +126,12 @@ class Unit:
     @property
     def copy_checkpoint(self) -> Path:
         return self.directory / COPY_CHECKPOINT
+
+    def remove_stale_checkpoints(self) -> None:
+        """Delete what a kill just after the unit (or its stability copy) finished left behind."""
+        self.checkpoint.unlink(missing_ok=True)
+        if self.copy_checkpoint.is_file() and "instability" in self.read_metrics():
+            self.copy_checkpoint.unlink()
 
     def is_finished(self) -> bool:
         """Its results exist."""

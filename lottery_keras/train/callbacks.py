@@ -107,8 +107,16 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         return {"history": self.history, "diverged": self.diverged, "has_best": self.best_weights is not None}, best
 
     def set_state(self, values: dict, arrays: dict[str, np.ndarray]) -> None:
-        self.history, self.diverged = values["history"], values["diverged"]
-        self.best_weights = [arrays[str(index)] for index in range(len(arrays))] if values["has_best"] else None
+        history, diverged = list(values["history"]), bool(values["diverged"])
+        best = None
+        if values["has_best"]:
+            best = [arrays[str(index)] for index in range(len(arrays))]
+            shapes = [tuple(weight.shape) for weight in self.model.weights]
+            if [weight.shape for weight in best] != shapes:
+                raise ValueError("its kept weights do not fit the model")
+        if not all(isinstance(row, dict) and "iteration" in row and "val_loss" in row for row in history):
+            raise ValueError("its history rows are not evaluations")
+        self.history, self.diverged, self.best_weights = history, diverged, best
 
 
 class ProgressBar(keras.callbacks.Callback):
@@ -151,4 +159,7 @@ class WeightsAt(keras.callbacks.Callback):
         return {"kept": self.weights is not None}, dict(self.weights or {})
 
     def set_state(self, values: dict, arrays: dict[str, np.ndarray]) -> None:
-        self.weights = dict(arrays) if values["kept"] else None
+        kept = bool(values["kept"])
+        if kept and sorted(arrays) != sorted(v.path for v in self.model.state_variables()):
+            raise ValueError("its rewind point does not fit the model")
+        self.weights = dict(arrays) if kept else None

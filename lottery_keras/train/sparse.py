@@ -110,11 +110,14 @@ class SparseMlpTrainer:
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=self.model)
         self.model.stop_training = False
         callback_list.on_train_begin()
-        done, saved = checkpoint.restore(self.model, callbacks, "sparse") if checkpoint else (0, {})
         structure = [SparseLayer.of(keras.ops.convert_to_numpy(layer.mask) > 0) for layer in layers]
+        n = len(layers)
+        shapes = [(len(s.cols),) for s in structure] * 2 + [tuple(layer.bias.shape) for layer in layers] * 2
+        done, saved = (checkpoint.restore(self.model, callbacks, "sparse",
+                                          {f"moment_{index}": shape for index, shape in enumerate(shapes)})
+                       if checkpoint else (0, {}))
         values = [s.values(keras.ops.convert_to_numpy(layer.kernel)) for s, layer in zip(structure, layers)]
         biases = [keras.ops.convert_to_numpy(layer.bias).astype(np.float32) for layer in layers]
-        n = len(layers)
         moments = ([saved[f"moment_{index}"] for index in range(4 * n)] if saved else
                    [np.zeros_like(v) for v in values] * 2 + [np.zeros_like(b) for b in biases] * 2)
         adam = dict(beta1=float(optimizer.beta_1), beta2=float(optimizer.beta_2), epsilon=float(optimizer.epsilon))
@@ -139,5 +142,5 @@ class SparseMlpTrainer:
                 break
             if checkpoint and done < iterations:
                 checkpoint.maybe_save(self.model, done, callbacks,
-                                      {f"moment_{index}": np.asarray(m) for index, m in enumerate(moments)})
+                                      lambda: {f"moment_{index}": np.asarray(m) for index, m in enumerate(moments)})
         callback_list.on_train_end()
