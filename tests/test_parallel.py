@@ -84,6 +84,24 @@ def test_workers_must_be_a_positive_count():
         imp.RunOptions(workers=0)
 
 
+def own_workers(driver: int) -> list[int]:
+    """The Ray trial workers that `driver` started (not those of other runs on this machine)."""
+    listed = subprocess.run(["pgrep", "-f", "ray::_run_trial"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in listed.split() if driver in ancestors(int(pid))]
+
+
+def ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid, after the command name in parentheses
+        chain.append(pid)
+    return chain
+
+
 def test_a_killed_worker_costs_only_its_unfinished_round(tmp_path):
     """SIGKILL one Ray worker in the middle of a trial: Ray runs the task again, which resumes after the trial's
     finished rounds, and the run ends with the results of an uninterrupted serial run."""
@@ -100,9 +118,9 @@ def test_a_killed_worker_costs_only_its_unfinished_round(tmp_path):
     killed, deadline = None, time.monotonic() + 240
     while killed is None and run.poll() is None and time.monotonic() < deadline:
         if list((tmp_path / "parallel").glob("*/trial_*/magnitude_rewind/round_00/metrics.json")):
-            workers = subprocess.run(["pgrep", "-f", "ray::_run_trial"], capture_output=True, text=True).stdout
-            if workers.split():
-                killed = int(workers.split()[0])
+            workers = own_workers(run.pid)
+            if workers:
+                killed = workers[0]
                 os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     _, err = run.communicate(timeout=600)
