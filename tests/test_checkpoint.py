@@ -5,11 +5,6 @@ mid-round goes on from its checkpoint."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import keras
@@ -17,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli_runs import kill_once_written, start_run
 from lottery_keras import cli
 from lottery_keras.nn import models, native
 from lottery_keras.train.callbacks import EarlyStopRecorder, WeightsAt
@@ -25,7 +21,6 @@ from lottery_keras.train.loop import Trainer, compile_model
 from lottery_keras.train.plan import ExecutionPlan
 from lottery_keras.train.schedule import LearningRateSchedule
 
-REPO = Path(__file__).resolve().parents[1]
 ITERATIONS, EVAL_EVERY, REWIND_STEP, CRASH_AT = 250, 50, 70, 150
 SCHEDULE = LearningRateSchedule(2e-3, warmup=30, drops=(200,), factor=0.2)
 IDENTITY = {"data_seed": 5, "iterations": ITERATIONS, "step_offset": 0}
@@ -176,35 +171,24 @@ def test_checkpoints_come_every_so_many_seconds(tmp_path):
         RoundCheckpoint(tmp_path / "c.npz", IDENTITY, every_seconds=0)
 
 
-def run_cli(*args, output_dir, quiet=True):
-    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, "--output-dir", str(output_dir),
-                             *(["--quiet"] if quiet else [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-
-
 def test_a_run_killed_mid_round_goes_on_from_the_checkpoint(tmp_path):
     args = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "magnitude_rewind", "--rounds", "2",
             "--iterations", "1500", "--eval-every", "50", "--train-subset", "3000", "--no-tfmot-check"]
-    straight = run_cli(*args, "--checkpoint-minutes", "0", output_dir=tmp_path / "straight")
+    straight = start_run(*args, "--checkpoint-minutes", "0", output_dir=tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
 
-    interrupted = run_cli(*args, "--checkpoint-minutes", "0.001", output_dir=tmp_path / "killed")
-    deadline = time.time() + 600
-    while not list((tmp_path / "killed").glob("*/trial_0/magnitude_rewind/round_01/checkpoint.npz")):
-        assert interrupted.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.02)
-    interrupted.send_signal(signal.SIGKILL)
-    interrupted.wait()
+    kill_once_written(start_run(*args, "--checkpoint-minutes", "0.001", output_dir=tmp_path / "killed"),
+                      tmp_path / "killed", "*/trial_0/magnitude_rewind/round_01/checkpoint.npz", poll=0.02)
     assert not list((tmp_path / "killed").glob("*/trial_0/magnitude_rewind/round_01/metrics.json"))
 
-    resumed = run_cli(*args, "--checkpoint-minutes", "0.001", output_dir=tmp_path / "killed", quiet=False)
+    resumed = start_run(*args, "--checkpoint-minutes", "0.001", output_dir=tmp_path / "killed", quiet=False)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert "going on from the checkpoint at iteration" in out
     assert not list((tmp_path / "killed").glob("**/checkpoint.npz"))  # deleted once the round is finished
     stale, = (tmp_path / "killed").glob("*/trial_0/magnitude_rewind/round_00")
     (stale / "checkpoint.npz").write_bytes(b"left by a kill just after the round finished")
-    again = run_cli(*args, output_dir=tmp_path / "killed")
+    again = start_run(*args, output_dir=tmp_path / "killed")
     assert again.wait(timeout=600) == 0, again.stderr.read()
     assert not (stale / "checkpoint.npz").exists()
     for name in ("results.csv", "round_01/history.csv"):

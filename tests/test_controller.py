@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -14,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli_runs import REPO, kill_once_written, start_run
 from lottery_keras import cli, config, data
 from lottery_keras.lottery import controller as imp
 from lottery_keras.analysis.report import write_report
@@ -22,7 +21,6 @@ from lottery_keras.lottery.paths import RunFolder
 from lottery_keras.lottery.strategies import STRATEGIES
 from lottery_keras.storage import read_json, read_npz
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(rounds=3, iterations=60, eval_every=30, train_subset=600)
 
 
@@ -285,27 +283,17 @@ def test_more_rounds_extend_the_same_run_directory():
     assert tiny_experiment(iterations=61).run_name != tiny_experiment().run_name
 
 
-def run_cli(*args, output_dir):
-    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, "--output-dir", str(output_dir), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-
-
 def test_kill_and_resume_gives_the_same_results(tmp_path):
     args = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "all", "--rounds", "3",
             "--iterations", "600", "--eval-every", "200", "--train-subset", "3000", "--no-tfmot-check"]
-    reference = run_cli(*args, output_dir=tmp_path / "straight")
+    reference = start_run(*args, output_dir=tmp_path / "straight")
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
 
-    interrupted = run_cli(*args, output_dir=tmp_path / "killed")
-    deadline = time.time() + 600
-    while not list((tmp_path / "killed").glob("*/trial_0/magnitude_rewind/round_01/metrics.json")):
-        assert interrupted.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    interrupted.send_signal(signal.SIGKILL)
-    interrupted.wait()
+    kill_once_written(start_run(*args, output_dir=tmp_path / "killed"), tmp_path / "killed",
+                      "*/trial_0/magnitude_rewind/round_01/metrics.json")
     assert not list((tmp_path / "killed").glob("*/trial_0/random_rewind/round_02/metrics.json"))
 
-    resumed = run_cli(*args, output_dir=tmp_path / "killed")
+    resumed = start_run(*args, output_dir=tmp_path / "killed")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     for strategy in STRATEGIES:
         straight, = (tmp_path / "straight").glob(f"*/trial_0/{strategy}/results.csv")
