@@ -6,13 +6,15 @@ Parsing, `--help` and `--dry-run` load no TensorFlow; the commands that need it 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NoReturn
 
-from lottery_keras.config import MAX_PRUNE_RATE, Experiment
+from lottery_keras.config import MAX_PRUNE_RATE, Experiment, Option, protocol_options
 
 COMMANDS = ("run", "report", "study", "export")
 
@@ -43,6 +45,14 @@ def quiet_tensorflow() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are the error and a line saying where the help is, without the usage
+    block (its sub-parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}\n`{self.prog} --help` lists every option\n")
 
 
 def _checked(convert, valid, requirement: str):
@@ -101,8 +111,8 @@ def _steps(text: str) -> tuple[int, ...]:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from lottery_keras.catalog import ARCH_ALIASES, ARCHITECTURES, INITIALIZERS, PRECISIONS
-    from lottery_keras.config import PRESETS, PRUNING_SCOPES
+    from lottery_keras.catalog import aliases, architectures
+    from lottery_keras.config import PRESETS
     from lottery_keras.data import ALIASES, DATASETS
     from lottery_keras.lottery.strategies import GROUPS, STRATEGIES
 
@@ -112,8 +122,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--data", metavar="FILE.npz",
                       help="data of one's own: arrays x_train, y_train and optionally x_val, y_val, x_test, y_test "
                            "(inputs as the model takes them, labels as class indices)")
-    what.add_argument("--arch", choices=sorted([*ARCHITECTURES, *ARCH_ALIASES]), metavar="NAME",
-                      help=f"one of: {', '.join(ARCHITECTURES)} (aliases: {', '.join(ARCH_ALIASES)})")
+    what.add_argument("--arch", choices=sorted([*architectures(), *aliases()]), metavar="NAME",
+                      help=f"one of: {', '.join(architectures())} (aliases: {', '.join(aliases())})")
     what.add_argument("--model", metavar="FILE.keras",
                       help="a Sequential or functional Keras 3 classifier of one's own, ending in logits: its Dense "
                            "and convolution layers are pruned, θ0 drawn from its own initializers (es667 protocol "
@@ -129,33 +139,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="independent seeds: N trials 0…N−1, or the range A-B (trial t uses seed + t)")
 
     protocol = parser.add_argument_group("protocol overrides (default: the preset's value)")
-    protocol.add_argument("--rounds", type=_positive_int, help="IMP rounds; round 1 trains the dense network")
-    protocol.add_argument("--iterations", type=_positive_int, help="training iterations per round")
-    protocol.add_argument("--batch-size", type=_positive_int)
-    protocol.add_argument("--lr", type=_positive_float, dest="learning_rate", help="Adam learning rate")
-    protocol.add_argument("--prune-rate", type=_rate, help="fraction of surviving weights pruned per round, "
-                                                           "every layer")
-    protocol.add_argument("--prune-fc", type=_rate, help="rate for fully-connected layers")
-    protocol.add_argument("--prune-conv", type=_rate, help="rate for convolutional layers")
-    protocol.add_argument("--prune-output", type=_rate, help="rate for the output layer")
-    protocol.add_argument("--pruning-scope", choices=PRUNING_SCOPES,
-                          help="layerwise (default) or one global magnitude threshold at the fc rate")
-    protocol.add_argument("--eval-every", type=_positive_int, help="iterations between validation evaluations")
-    protocol.add_argument("--seed", type=int)
-    protocol.add_argument("--init", choices=sorted(INITIALIZERS))
-    protocol.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                          help="random crop + flip (default: on for CIFAR-10 under es667)")
-    protocol.add_argument("--precision", choices=PRECISIONS)
-    protocol.add_argument("--train-subset", type=_positive_int, metavar="N",
-                          help="train on the first N training samples only (smoke runs)")
-    protocol.add_argument("--rewind-iteration", type=_natural, metavar="K",
-                          help="late rewinding: survivors rewind to the dense round's weights after K steps, and "
-                               "train the remaining steps (default 0: θ0)")
-    protocol.add_argument("--warmup", type=_natural, dest="warmup_iterations", metavar="STEPS",
-                          help="linear learning-rate warm-up over the first STEPS steps")
-    protocol.add_argument("--lr-drops", type=_steps, metavar="S1,S2,…",
-                          help="steps at which the learning rate drops by --lr-drop-factor (step decay)")
-    protocol.add_argument("--lr-drop-factor", type=_positive_float, metavar="F", help="default 0.1")
+    for name, option in protocol_options().items():
+        _add_protocol_argument(protocol, name, option)
 
     how = parser.add_argument_group("execution")
     how.add_argument("--data-dir", type=_folder, help="folder holding mnist/, fashion_mnist/, cifar10/ "
@@ -194,6 +179,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--threads", type=_positive_int, metavar="N", help="threads per TensorFlow operation")
 
 
+# How the command line parses each kind of protocol value (`config.Option.kind`).
+_PARSERS = {"count": _positive_int, "natural": _natural, "integer": int, "positive": _positive_float,
+            "rate": _rate, "steps": _steps}
+
+
+def _add_protocol_argument(group, name: str, option: Option) -> None:
+    flag = option.flag or f"--{name.replace('_', '-')}"
+    if option.kind == "switch":
+        group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=option.help)
+    elif option.kind == "choice":
+        group.add_argument(flag, dest=name, choices=option.choices, metavar=option.metavar, help=option.help)
+    else:
+        group.add_argument(flag, dest=name, type=_PARSERS[option.kind], metavar=option.metavar, help=option.help)
+
+
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished or partly finished run directories")
     parser.add_argument("--output-dir", type=_folder, help="where report.md, figures and tables go "
@@ -219,9 +219,14 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-limit", type=_positive_int, metavar="N", help="evaluate on the first N test images")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="run.py",
+def build_parser(prog: str = "python run.py") -> argparse.ArgumentParser:
+    """The command line's parser; each command's arguments carry their own parser as `command_parser`.
+
+    Args:
+        prog: how the program is started, for the help and the error lines.
+    """
+    parser = _Parser(
+        prog=prog,
         description="Lottery tickets in Keras: iterative magnitude pruning with rewinding, controls, reports "
                     "and export. Without a sub-command, `run` is assumed.")
     commands = parser.add_subparsers(dest="command")
@@ -245,12 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Strip a ticket's masks, convert it to TFLite (float, sparse, int8), "
                                              "run each file with LiteRT on the test set and write export.csv.")
     _add_export_arguments(export)
+    for command in (run, report, study, export):
+        command.set_defaults(command_parser=command)
     return parser
 
 
-_EXPERIMENT_FIELDS = ("rounds", "iterations", "batch_size", "learning_rate", "prune_rate", "prune_fc", "prune_conv",
-                      "prune_output", "pruning_scope", "eval_every", "seed", "init", "augment", "precision",
-                      "train_subset", "rewind_iteration", "warmup_iterations", "lr_drops", "lr_drop_factor")
+def _invoked_as() -> str:
+    """`lottery-keras` when started by the installed script, else `python run.py`."""
+    return "lottery-keras" if Path(sys.argv[0]).name == "lottery-keras" else "python run.py"
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -260,7 +267,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     own = _check_what(args)
     names = strategies.resolve(args.strategy or [strategies.WINNING_TICKET])
-    fields = {name: getattr(args, name) for name in _EXPERIMENT_FIELDS}
+    fields = {name: getattr(args, name) for name in protocol_options()}
     network = splits = None
     if not own:
         experiment = config.from_preset(args.preset, args.dataset, args.arch, **fields)
@@ -282,6 +289,7 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"strategies: {', '.join(names)}; trials: {', '.join(map(str, args.trials))}")
         print(f"run directory: {folder.directory}")
         return 0
+    _check_writable(folder.directory)
     from lottery_keras.lottery import controller
 
     if not args.quiet:
@@ -297,6 +305,26 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"\nResults in {folder.directory} (mean over its finished trials):")
     print(controller.summary_table(folder).to_string())
     return 0
+
+
+def _check_writable(directory: Path) -> None:
+    """A ValueError when the run directory, or before it exists the nearest folder above it, is read-only (a
+    file there is left to the controller, which says so)."""
+    existing = next((folder for folder in (directory, *directory.parents) if folder.exists()), directory)
+    if existing.is_dir() and not os.access(existing, os.W_OK):
+        raise ValueError(f"{existing} is read-only: the run cannot write its files there (its .lock first); make it "
+                         f"writable (chmod -R u+w {existing}) or give a writable --output-dir")
+
+
+def _check_output_dir(output_dir: str | None) -> None:
+    """A ValueError, before any work, when --output-dir (or a folder above it) is a file."""
+    from lottery_keras.storage import check_folder
+
+    try:
+        if output_dir:
+            check_folder(output_dir)
+    except NotADirectoryError as err:
+        raise ValueError(f"--output-dir {err}") from None
 
 
 def _execution_plan(args: argparse.Namespace):
@@ -344,6 +372,7 @@ def _load_model(path: str):
     if not zipfile.is_zipfile(file):
         raise ValueError(f"--model {path} is not a .keras model file (not a zip archive); save the model with "
                          "model.save('model.keras')")
+    _check_not_subclassed(file, path)
     try:
         return keras.models.load_model(file, compile=False)
     except Exception as err:  # noqa: BLE001  (any loader failure means: not a model file we can use)
@@ -356,7 +385,26 @@ def _load_model(path: str):
                          f"{first_line}") from None
 
 
+def _check_not_subclassed(file: Path, path: str) -> None:
+    """A ValueError when the model file holds a subclassed model that Keras cannot rebuild (its class is not
+    registered in this process): only Sequential and functional models load from a file alone."""
+    import keras
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            recorded = json.loads(archive.read("config.json"))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return  # not a model file: the loader says so
+    name = recorded.get("class_name") if isinstance(recorded, dict) else None
+    if not isinstance(name, str) or name in ("Sequential", "Functional"):
+        return
+    if keras.saving.get_registered_object(recorded.get("registered_name") or name) is None:
+        raise ValueError(f"--model {path} holds a subclassed model (class {name}), which is not supported: rebuild "
+                         "it as a Sequential or functional model (keras.Model(inputs, outputs)) and save that")
+
+
 def command_report(args: argparse.Namespace) -> int:
+    _check_output_dir(args.output_dir)
     from lottery_keras.analysis import report
 
     folder = report.write_report([Path(p) for p in args.run_dirs], Path(args.output_dir) if args.output_dir else None)
@@ -365,6 +413,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_study(args: argparse.Namespace) -> int:
+    _check_output_dir(args.output_dir)
     from lottery_keras.analysis import study
 
     folder = study.write_study([Path(p) for p in args.run_dirs], Path(args.output_dir) if args.output_dir else None)
@@ -373,6 +422,7 @@ def command_study(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
+    _check_output_dir(args.output_dir)
     quiet_tensorflow()
     from lottery_keras.deploy import tflite
     from lottery_keras.deploy.tickets import resolve_ticket
@@ -460,13 +510,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
-    parser = build_parser()
+    parser = build_parser(_invoked_as())
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         parser.error(f"{argv[0]!r} is not a command: choose one of {', '.join(COMMANDS)} "
                      f"(with only options, `run` is assumed)")
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "run")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from lottery_keras.data import DataError
     from lottery_keras.lottery.paths import RunInUseError
     from lottery_keras.lottery.pruning import PruningCrossCheckError

@@ -19,13 +19,17 @@ import typing
 
 import numpy as np
 
-from lottery_keras.catalog import INITIALIZERS, PRECISIONS, canonical_arch
+from lottery_keras.catalog import INITIALIZERS, PRECISIONS, architecture, architectures, canonical_arch
 from lottery_keras.data import DATASETS, canonical_name
 
 PRUNING_SCOPES = ("layerwise", "global")
 OWN_INIT = "own"  # the initializers a model of one's own declares, seeded from the trial's seed
+OWN_MODEL_KEEPS = ("init", "precision")  # protocol fields a model of one's own decides itself
 MAX_LEARNING_RATE = 1.0
 MAX_PRUNE_RATE = 0.99  # for new experiments; runs recorded before the limit still load
+# 250 × the ES667 protocol's 40,000 steps: a round that long trains for days, and each round holds its learning
+# rates as one float32 per step (40 MB here); a larger count is a typo, not a protocol.
+MAX_ITERATIONS = 10_000_000
 # The robustness protocol (`run.py --robustness`, `train/evaluation.py`): each corruption's parameter at severities
 # 1, 2, 3 (pixel scale [0, 1]), and the FGSM step per dataset; data of one's own, whose channels are scaled from
 # their training range to [0, 1], takes the step of natural images.
@@ -48,32 +52,76 @@ def _fits(value: object, hint: object) -> bool:
     return value is None if hint is type(None) else isinstance(value, hint)
 
 
+def _check_subset(subset: int | None, train_size: int, dataset: str) -> None:
+    """A ValueError when `--train-subset` asks for more samples than the training split holds."""
+    if subset is not None and subset > train_size:
+        raise ValueError(f"--train-subset {subset:,} exceeds the training split of {dataset}, which holds "
+                         f"{train_size:,} samples; give at most {train_size} (leave it out to train on all)")
+
+
 def adversarial_epsilon(dataset: str) -> float:
     return ADVERSARIAL_EPSILON.get(dataset, OWN_DATA_EPSILON)
 
 
 @dataclasses.dataclass(frozen=True)
+class Option:
+    """How a protocol field is given: the command line's `--flag` and `--help` text, `find_ticket`'s keyword.
+
+    Args:
+        kind: The kind of value, which the command line parses and bounds: 'count' (a whole number ≥ 1),
+            'natural' (≥ 0), 'integer', 'positive' (a number > 0), 'rate' (a fraction in (0, MAX_PRUNE_RATE]),
+            'steps' (comma-separated steps), 'choice' (one of `choices`) or 'switch' (--x / --no-x).
+        help: One line for `--help` and `find_ticket`'s docstring.
+        flag: The command-line flag (default: the field's name with dashes).
+        metavar: The value's placeholder in `--help`.
+        choices: For 'choice', the accepted values.
+    """
+
+    kind: str
+    help: str | None = None
+    flag: str | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _protocol(option: Option, default: object = dataclasses.MISSING):
+    """A field of the protocol, which the command line and `find_ticket` take as an override of the preset."""
+    return dataclasses.field(default=default, metadata={"option": option})
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
+    """One experiment: what is trained, on what, and the protocol (the fields with an `Option`), hashed into the
+    run directory's name."""
+
     dataset: str
     arch: str
-    init: str
-    learning_rate: float
-    batch_size: int
-    iterations: int
-    eval_every: int
-    rounds: int
-    prune_fc: float
-    prune_conv: float
-    prune_output: float
-    pruning_scope: str = "layerwise"
-    augment: bool = False
-    seed: int = 0
-    precision: str = "float32"
-    train_subset: int | None = None  # use only the first N training samples (smoke runs, tests)
-    rewind_iteration: int = 0  # survivors rewind to θ_K, the dense round's weights after K steps (0: θ0)
-    warmup_iterations: int = 0  # linear learning-rate warm-up over the first steps
-    lr_drops: tuple[int, ...] = ()  # steps at which the learning rate is multiplied by lr_drop_factor
-    lr_drop_factor: float = 0.1
+    init: str = _protocol(Option("choice", "how θ0 is drawn", choices=INITIALIZERS))
+    learning_rate: float = _protocol(Option("positive", "Adam learning rate", flag="--lr"))
+    batch_size: int = _protocol(Option("count", "samples per training step"))
+    iterations: int = _protocol(Option("count", "training iterations per round"))
+    eval_every: int = _protocol(Option("count", "iterations between validation evaluations"))
+    rounds: int = _protocol(Option("count", "IMP rounds; round 1 trains the dense network"))
+    prune_fc: float = _protocol(Option("rate", "rate for fully-connected layers"))
+    prune_conv: float = _protocol(Option("rate", "rate for convolutional layers"))
+    prune_output: float = _protocol(Option("rate", "rate for the output layer"))
+    pruning_scope: str = _protocol(Option("choice", "layerwise, or one global magnitude threshold at the fc "
+                                          "rate", choices=PRUNING_SCOPES), "layerwise")
+    augment: bool = _protocol(Option("switch", "random crop + flip (es667: on for CIFAR-10 only)"), False)
+    seed: int = _protocol(Option("integer", "seed of trial 0 (θ0, data order, random masks)"), 0)
+    precision: str = _protocol(Option("choice", "compute precision (bfloat16: mixed, with float32 variables)",
+                                              choices=PRECISIONS), "float32")
+    train_subset: int | None = _protocol(Option("count", "train on this many first training samples only (smoke runs)",
+                                                metavar="N"), None)
+    rewind_iteration: int = _protocol(Option(
+        "natural", "late rewinding: survivors rewind to the dense round's weights after this many steps and "
+        "train the remaining ones (0: θ0)", metavar="K"), 0)
+    warmup_iterations: int = _protocol(Option("natural", "linear learning-rate warm-up over this many first steps",
+                                              flag="--warmup", metavar="STEPS"), 0)
+    lr_drops: tuple[int, ...] = _protocol(Option(
+        "steps", "steps at which the learning rate is multiplied by the drop factor", metavar="S1,S2,…"), ())
+    lr_drop_factor: float = _protocol(Option("positive", "factor of each learning-rate drop",
+                                             metavar="F"), 0.1)
     model: str | None = None  # a network of one's own (`nn/network.py`): its fingerprint; `arch` is its name
     data: str | None = None  # data of one's own: its fingerprint; `dataset` is its name
 
@@ -86,6 +134,7 @@ class Experiment:
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train subset must be at least 1 sample, not {self.train_subset}")
         if self.data is None:  # one's own data is checked against the batch size where it is loaded
+            _check_subset(self.train_subset, DATASETS[self.dataset].num_train, self.dataset)
             train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
             if self.batch_size > train_size:
                 raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
@@ -98,6 +147,9 @@ class Experiment:
         for name in ("batch_size", "iterations", "eval_every", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.iterations > MAX_ITERATIONS:
+            raise ValueError(f"--iterations must be at most {MAX_ITERATIONS:,} per round (250 × the ES667 protocol's "
+                             f"40,000, already days of training), not {self.iterations:,}")
         if not 0 < self.learning_rate <= MAX_LEARNING_RATE or np.float32(self.learning_rate) == 0:
             raise ValueError(f"--lr must be positive, at most {MAX_LEARNING_RATE:g} (Adam diverges beyond) and not "
                              f"round to 0 in float32, not {self.learning_rate}")
@@ -179,6 +231,20 @@ class Experiment:
 _LATER_FIELDS = {"rewind_iteration": 0, "warmup_iterations": 0, "lr_drops": [], "lr_drop_factor": 0.1,
                  "model": None, "data": None}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
+# A protocol override that is no field: all three per-kind rates at once (`from_preset`).
+PRUNE_RATE = Option("rate", "fraction of surviving weights pruned per round, every layer")
+
+
+def protocol_options() -> dict[str, Option]:
+    """Every protocol override the command line and `find_ticket` take, in declaration order (`prune_rate` before
+    the per-kind rates it sets)."""
+    options = {}
+    for field in dataclasses.fields(Experiment):
+        if "option" in field.metadata:
+            if field.name == "prune_fc":
+                options["prune_rate"] = PRUNE_RATE
+            options[field.name] = field.metadata["option"]
+    return options
 
 
 def directory_name(name: str) -> str:
@@ -188,32 +254,38 @@ def directory_name(name: str) -> str:
 
 def _es667(dataset: str, arch: str) -> dict:
     dataset = canonical_name(dataset)
-    return _es667_protocol(DATASETS[dataset].num_train, augment=dataset == "cifar10")
+    return es667_protocol(DATASETS[dataset].num_train, augment=dataset == "cifar10")
 
 
-def _es667_protocol(train_size: int, augment: bool) -> dict:
+def es667_protocol(train_size: int, augment: bool) -> dict:
+    """The ES667 study's protocol values for `train_size` training samples (an evaluation every epoch)."""
     batch = 60  # Conv-6 too: the study's early-stop iterations are multiples of 45,000 / 60, not of 45,000 / 128
     return dict(init="he_normal", learning_rate=1.2e-3, batch_size=batch, iterations=40_000,
                 eval_every=max(1, train_size // batch), rounds=16, prune_fc=0.3, prune_conv=0.3, prune_output=0.3,
                 augment=augment)
 
 
-_FRANKLE_LR = {"lenet300_100": 1.2e-3, "lenet5": 1.2e-3, "conv2": 2e-4, "conv4": 3e-4, "conv6": 3e-4}
-_FRANKLE_ITERATIONS = {"lenet300_100": 50_000, "lenet5": 50_000, "conv2": 20_000, "conv4": 25_000, "conv6": 30_000}
-
-
 def _frankle2019(dataset: str, arch: str) -> dict:
+    """The paper's protocol; its learning rate and iterations (and Conv-6's conv rate) are per architecture, in
+    each `ArchitectureSpec.presets`, which `from_preset` lays over these values."""
+    if "frankle2019" not in architecture(arch).presets:
+        raise ValueError(f"the frankle2019 preset has no protocol for {arch} (the paper trains "
+                         f"{', '.join(_archs_with_preset('frankle2019'))}); use --preset es667")
     fc = 0.2
-    return dict(init="glorot_normal", learning_rate=_FRANKLE_LR[arch], batch_size=60,
-                iterations=_FRANKLE_ITERATIONS[arch], eval_every=100, rounds=20, prune_fc=fc,
-                prune_conv=0.15 if arch == "conv6" else 0.1, prune_output=fc / 2, augment=False)
+    return dict(init="glorot_normal", batch_size=60, eval_every=100, rounds=20, prune_fc=fc, prune_conv=0.1,
+                prune_output=fc / 2, augment=False)
+
+
+def _archs_with_preset(preset: str) -> list[str]:
+    return [name for name in architectures() if preset in architecture(name).presets]
 
 
 PRESETS = {"es667": _es667, "frankle2019": _frankle2019}
 
 
 def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment:
-    """The preset's protocol for (dataset, arch), with `overrides` (None values ignored) on top.
+    """The preset's protocol for (dataset, arch), with the architecture's own values for the preset
+    (`ArchitectureSpec.presets`) and `overrides` (None values ignored) on top.
 
     `prune_rate` sets all three per-layer-kind rates at once; the specific `prune_fc/conv/output` win over it.
     Global pruning uses the fc rate alone, so only that rate enters its hash.
@@ -222,7 +294,8 @@ def from_preset(preset: str, dataset: str, arch: str, **overrides) -> Experiment
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     dataset, arch = canonical_name(dataset), canonical_arch(arch)
     epoch = DATASETS[dataset].num_train if preset == "es667" else None
-    return Experiment(dataset=dataset, arch=arch, **_overridden(PRESETS[preset](dataset, arch), overrides, epoch))
+    values = {**PRESETS[preset](dataset, arch), **architecture(arch).presets.get(preset, {})}
+    return Experiment(dataset=dataset, arch=arch, **_overridden(values, overrides, epoch))
 
 
 def _overridden(values: dict, overrides: dict, epoch: int | None) -> dict:
@@ -255,9 +328,10 @@ def for_own(arch: str, dataset: str, train_size: int, model: str | None = None, 
     (fingerprint `data`, named `dataset`, `train_size` training samples), or both, with `overrides` (None values
     ignored) on top: an evaluation every epoch, augmentation for CIFAR-10 only. A ValueError for impossible
     values."""
-    values = _es667_protocol(train_size, augment=data is None and canonical_name(dataset) == "cifar10")
+    values = es667_protocol(train_size, augment=data is None and canonical_name(dataset) == "cifar10")
     if model:
         values["init"] = OWN_INIT
+    _check_subset(overrides.get("train_subset"), train_size, dataset)
     values = _overridden(values, overrides, min(train_size, overrides.get("train_subset") or train_size))
     return Experiment(dataset=directory_name(dataset) if data else dataset,
                       arch=directory_name(arch) if model else arch, model=model, data=data, **values)

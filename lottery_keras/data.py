@@ -290,9 +290,20 @@ def validation_split(num_samples: int, num_val: int) -> tuple[np.ndarray, np.nda
     return np.sort(perm[num_val:]), np.sort(perm[:num_val])
 
 
+def check_data_dir(data_dir: str | os.PathLike) -> None:
+    """A DataError when an explicit data folder does not exist or is not a folder."""
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        problem = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"--data-dir {data_dir} {problem}; give the folder that holds mnist/, fashion_mnist/ or "
+                        "cifar10/ (or leave --data-dir out to use the usual places)")
+
+
 def load(name: str, data_dir: str | os.PathLike | None = None) -> Splits:
     """Load a dataset as normalised train / validation / test splits (see the module docstring for sources)."""
     spec = DATASETS[canonical_name(name)]
+    if data_dir is not None:
+        check_data_dir(data_dir)
     folders = candidate_folders(spec, data_dir)
     found = next((folder for folder in folders if _has_local(spec, folder)), None)
     if found is not None:
@@ -361,13 +372,22 @@ def _labels(y, where: str) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def _inputs(x, where: str) -> np.ndarray:
+    """Inputs as float32, refusing what is not numbers (strings, objects) rather than parsing it."""
+    try:
+        x = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: the inputs are not numeric arrays ({err})") from None
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: the inputs are {x.dtype} values, not numbers; convert them to a numeric array "
+                        "first (e.g. x.astype('float32'))")
+    return x.astype(np.float32)
+
+
 def _pair(pair, where: str) -> Pair:
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise DataError(f"{where} must be a pair (x, y) of arrays, not {type(pair).__name__}")
-    try:
-        x = np.asarray(pair[0], dtype=np.float32)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{where}: the inputs are not numeric arrays ({err})") from None
+    x = _inputs(pair[0], where)
     if not np.isfinite(x).all():
         raise DataError(f"{where}: {int((~np.isfinite(x)).sum())} input values are NaN or infinite (or beyond "
                         "float32); clean or impute them first")
@@ -387,6 +407,9 @@ def own_splits(name: str, train, validation=None, test=None, source: str = "arra
     if validation is None and len(x_train) < 2:
         raise DataError(f"{name}: one training sample cannot also give a validation split; give more samples, or "
                         "a validation split of its own")
+    if (y_train == y_train[0]).all():
+        raise DataError(f"the training data: every label is class {y_train[0]}; a classifier needs at least two "
+                        "classes (check how the labels were read)")
     if validation is None:
         train_idx, val_idx = validation_split(len(x_train), max(1, int(len(x_train) * OWN_VALIDATION_FRACTION)))
         (x_train, y_train), (x_val, y_val) = (x_train[train_idx], y_train[train_idx]), (x_train[val_idx],
@@ -406,15 +429,28 @@ def own_splits(name: str, train, validation=None, test=None, source: str = "arra
                   y_test=y_test, source=source, num_classes=max(classes, 2))
 
 
+def _check_npz(path: Path) -> None:
+    """A DataError when `path` is missing or is no zip archive at all (a truncated one is left to `np.load`)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(2)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file: {err.strerror or err}") from None
+    if head != b"PK":
+        raise DataError(f"{path} is not a valid .npz archive (not a zip file of arrays); save the arrays with "
+                        f"numpy.savez('{path.name}', x_train=..., y_train=...)")
+
+
 def load_arrays(path: str | os.PathLike) -> Splits:
     """Data of one's own from a `.npz` file with arrays x_train, y_train and optionally x_val, y_val, x_test,
     y_test (see `own_splits`), named by the file."""
     path = Path(path)
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
     except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as err:
         raise DataError(f"{path} is not a readable .npz archive of arrays ({err})") from None
     unknown = sorted(set(arrays) - set(ARRAY_KEYS))

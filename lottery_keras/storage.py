@@ -61,6 +61,30 @@ def remove_temporaries(folder: str | os.PathLike, pattern: str = "**") -> None:
             leftover.unlink(missing_ok=True)
 
 
+def check_folder(path: str | os.PathLike) -> None:
+    """A NotADirectoryError when `path`, or the nearest of its parents that exists, is a file: what a folder to
+    write into cannot be."""
+    path = Path(path)
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), path)
+    if existing.exists() and not existing.is_dir():
+        which = path if existing == path else f"{path}: {existing}"
+        raise NotADirectoryError(f"{which} is a file, not a folder; give a folder to write into (it is made if "
+                                 "missing)")
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """`path` as a folder to write into: checked (`check_folder`), made if missing, and rid of what a killed
+    writer left in it (only while no other process writes the same folder)."""
+    path = Path(path)
+    check_folder(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot write {path}: {err.strerror or err}") from None
+    remove_temporaries(path, ".")
+    return path
+
+
 def _finite_or_null(value):
     if isinstance(value, dict):
         return {key: _finite_or_null(item) for key, item in value.items()}
@@ -96,6 +120,20 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)
+
+
+def check_archive(path: str | os.PathLike) -> None:
+    """Raise DamagedFileError unless `path` is a whole zip archive (a `.keras` or `.npz` file) whose members all
+    pass their checksums."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DamagedFileError(f"{path} is damaged: not a whole archive ({type(err).__name__}: {err})") from None
+    if bad is not None:
+        raise DamagedFileError(f"{path} is damaged: its member {bad} fails its checksum")
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

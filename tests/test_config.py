@@ -103,3 +103,39 @@ def test_options_added_later_leave_published_runs_as_they_are():
     scheduled = config.from_preset("es667", "mnist", "lenet300_100", lr_drops=(20_000,), rewind_iteration=500)
     assert scheduled.hash != base.hash
     assert config.Experiment.from_dict(json.loads(json.dumps(scheduled.to_dict()))) == scheduled
+
+
+def test_the_command_line_and_find_ticket_take_every_declared_protocol_field():
+    """One declaration (`Experiment`'s field options) gives the CLI's flags and help and find_ticket's keywords."""
+    import inspect
+
+    import lottery_keras
+    from lottery_keras import cli
+    from lottery_keras.lottery import find
+
+    parser = cli.build_parser()
+    run = next(action for action in parser._subparsers._group_actions[0].choices["run"]._actions
+               if action.dest == "learning_rate")
+    assert run.option_strings == ["--lr"] and run.help == "Adam learning rate"
+    options = config.protocol_options()
+    assert set(options) <= set(vars(parser.parse_args(["run"])))  # each is an option of `run.py run`
+    keywords = inspect.signature(lottery_keras.find_ticket).parameters
+    assert set(options) - set(config.OWN_MODEL_KEEPS) <= set(keywords)
+    assert all(keywords[name].default is None for name in find.PROTOCOL)
+    documentation = " ".join(lottery_keras.find_ticket.__doc__.split()).lower()
+    assert all(option.help.lower() in documentation for option in find.PROTOCOL.values())
+    with pytest.raises(TypeError, match="unexpected keyword argument.*iteration; the protocol's are: learning_rate"):
+        lottery_keras.find_ticket(None, "mnist", iteration=5)
+
+
+def test_find_tickets_defaults_follow_the_es667_preset(monkeypatch):
+    """Changing the preset changes find_ticket's defaults: they are not typed again."""
+    from lottery_keras.lottery import find
+
+    study = config.es667_protocol
+
+    monkeypatch.setattr(config, "es667_protocol", lambda train_size, augment: {**study(train_size, augment),
+                                                                               "rounds": 3, "iterations": 7})
+    experiment = find.prepare("lenet300_100", "mnist").experiment
+    assert (experiment.rounds, experiment.iterations, experiment.learning_rate) == (3, 7, 1.2e-3)
+    assert find.prepare("lenet300_100", "mnist", iterations=9).experiment.iterations == 9

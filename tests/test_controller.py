@@ -502,7 +502,7 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_at_any_moment_is_one_line(monkeypatch, capsys):
-    def interrupted():
+    def interrupted(prog):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_parser", interrupted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -199,7 +200,7 @@ def test_resolve_ticket(ticket, tmp_path):
         directory.mkdir(parents=True)
         shutil.copy(ticket, directory / "ticket_trained.keras")
         if finished:
-            (directory / "metrics.json").write_text("{}")
+            (directory / "metrics.json").write_text(json.dumps({"round": round_index}))
     strategy_dir = run / "trial_0" / "magnitude_rewind"
 
     assert resolve_ticket(run) == strategy_dir / "round_01" / "ticket_trained.keras"

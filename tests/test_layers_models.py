@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -204,10 +206,10 @@ def test_masked_layers_alone():
     dense.mask.assign(np.zeros((3, 4), np.float32))
     dense.apply_mask()
     np.testing.assert_array_equal(dense(np.ones((2, 3), np.float32)), np.zeros((2, 4)))  # zero bias, relu
-    conv = layers.MaskedConv2D(5, 3, "valid", name="c")
+    conv = layers.MaskedConv2D(5, 3, padding="valid", name="c")
     assert tuple(conv(np.ones((1, 8, 8, 2), np.float32)).shape) == (1, 6, 6, 5)
     assert conv.compute_output_shape((None, 8, 8, 2)) == (None, 6, 6, 5)
-    same = layers.MaskedConv2D(5, 3, "same")
+    same = layers.MaskedConv2D(5, 3, padding="same")
     assert tuple(same(np.ones((1, 8, 8, 2), np.float32)).shape) == (1, 8, 8, 5)
 
 
@@ -218,7 +220,7 @@ def test_masked_layers_alone():
 def test_masked_conv_output_shape_for_any_stride_and_padding(kernel_size, strides, padding, size):
     """`compute_output_shape` (what functional models use) agrees with the layer's own output and with Keras's
     Conv2D, whose stride and padding arithmetic it must follow."""
-    masked = layers.MaskedConv2D(5, kernel_size, padding, strides=strides)
+    masked = layers.MaskedConv2D(5, kernel_size, strides=strides, padding=padding)
     plain = keras.layers.Conv2D(5, kernel_size, strides=strides, padding=padding)
     x = np.ones((1, size, size + 1, 2), np.float32)
     expected = tuple(plain(x).shape)
@@ -239,14 +241,29 @@ def test_models_declare_their_layer_kinds(arch, kinds):
     assert model.arch == arch
 
 
-def test_the_catalog_names_every_architecture_and_initializer():
-    assert set(models.ARCHITECTURES) == set(catalog.ARCHITECTURES)
+def test_the_catalog_names_every_initializer():
     assert set(models.INITIALIZERS) == set(catalog.INITIALIZERS)
+
+
+def test_an_architecture_spec_that_misdescribes_its_model_is_refused():
+    spec = catalog.ArchitectureSpec("misdescribed", "lottery_keras.nn.models:LeNetFC", ("fc", "output"))
+    catalog.register_architecture(spec)
+    try:
+        with pytest.raises(ValueError, match="declares layer kinds .* correct its ArchitectureSpec"):
+            models.build_model("misdescribed", MNIST_SHAPE)
+    finally:
+        del catalog._ARCHITECTURES["misdescribed"]
+    with pytest.raises(ValueError, match="are taken"):
+        catalog.register_architecture(catalog.ArchitectureSpec("lenet5", "m:C", ("output",)))
+    with pytest.raises(ValueError, match="declares its min_image_side"):
+        catalog.ArchitectureSpec("x", "m:C", ("conv", "output"))
+    with pytest.raises(ValueError, match="unknown fast path"):
+        catalog.ArchitectureSpec("x", "m:C", ("fc", "output"), fast_paths={"cpu": {"turbo"}})
 
 
 def test_masked_conv_matches_keras_conv():
     rng = np.random.default_rng(0)
-    masked = layers.MaskedConv2D(4, 3, "same", "relu")
+    masked = layers.MaskedConv2D(4, 3, padding="same", activation="relu")
     plain = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
     x = rng.normal(size=(2, 9, 9, 3)).astype(np.float32)
     masked(x), plain(x)
@@ -325,3 +342,57 @@ def test_masks_and_weights_survive_save_and_load(tmp_path, mnist_small, arch):
     for name, kernel in kernels(loaded).items():
         assert np.all(kernel[masks[name] == 0] == 0.0)
     assert not np.array_equal(kernels(loaded)["output"], kernels(model)["output"])
+
+
+FIXTURES = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("file, prefix", [("old_lenet_fc_ticket.keras", "ticket"),
+                                          ("old_masked_layers.keras", "layers")])
+def test_tickets_saved_by_the_hand_written_layers_still_load(file, prefix):
+    """Files saved before `MaskedDense`/`MaskedConv2D` became subclasses of Keras's layers (tests/data/README.md):
+    every variable, the masks included, and the outputs come back exactly."""
+    expected = np.load(FIXTURES / "old_models_expected.npz")
+    loaded = keras.models.load_model(FIXTURES / file)
+    saved = {key.split(":", 1)[1]: expected[key] for key in expected.files if key.startswith(f"{prefix}:")}
+    assert {v.path: keras.ops.convert_to_numpy(v) for v in loaded.weights}.keys() == saved.keys()
+    for variable in loaded.weights:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), saved[variable.path])
+    masked = [layer for layer in loaded._flatten_layers() if isinstance(layer, layers.MaskedLayer)]
+    assert masked and all(0 < np.mean(keras.ops.convert_to_numpy(layer.mask)) < 1 for layer in masked)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(expected[f"{prefix}_x"])),
+                               expected[f"{prefix}_y"], rtol=1e-6, atol=1e-6)
+
+
+def test_masked_layers_take_keras_full_argument_surface(tmp_path):
+    """Non-square kernels, strides, dilation, no bias, regularizers and constraints are Keras's own; the mask
+    still prunes, survives a training step and a save/load."""
+    inputs = keras.Input((12, 10, 2))
+    x = layers.MaskedConv2D(3, (3, 2), strides=(2, 1), dilation_rate=1, use_bias=False, padding="same",
+                            kernel_regularizer=keras.regularizers.L2(1e-2), name="conv")(inputs)
+    x = layers.MaskedConv2D(4, (1, 3), dilation_rate=(1, 2), activation="relu", name="dilated",
+                            kernel_constraint=keras.constraints.MaxNorm(0.5, axis=[0, 1, 2]))(x)
+    x = keras.layers.Flatten()(x)
+    outputs = layers.MaskedDense(5, use_bias=False, bias_regularizer=None, name="dense",
+                                 kernel_regularizer=keras.regularizers.L1(1e-3))(x)
+    model = keras.Model(inputs, outputs)
+    conv, dilated, dense = (model.get_layer(name) for name in ("conv", "dilated", "dense"))
+    assert tuple(conv.kernel.shape) == (3, 2, 2, 3) and conv.bias is None and dense.bias is None
+    assert tuple(model.output.shape) == (None, 5)
+    assert len(model.losses) == 2  # both kernel regularizers are active
+    rng = np.random.default_rng(0)
+    for layer in (conv, dilated, dense):
+        layer.mask.assign((rng.random(layer.mask.shape) < 0.5).astype(np.float32))
+        layer.apply_mask()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.train_on_batch(rng.random((4, 12, 10, 2)), rng.random((4, 5)))
+    for layer in (conv, dilated, dense):
+        layer.apply_mask()
+        kernel, mask = (keras.ops.convert_to_numpy(v) for v in (layer.kernel, layer.mask))
+        assert np.all(kernel[mask == 0] == 0.0) and np.any(kernel[mask == 1] != 0.0)
+    assert np.max(np.linalg.norm(keras.ops.convert_to_numpy(dilated.kernel).reshape(-1, 4), axis=0)) <= 0.5 + 1e-6
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert loaded.get_layer("conv").get_config()["kernel_size"] == (3, 2)

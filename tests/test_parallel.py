@@ -10,10 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from lottery_keras import cli, config
+from lottery_keras import cli
 from lottery_keras.lottery import controller as imp
 from lottery_keras.lottery.paths import RunFolder
 
@@ -21,42 +22,63 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(rounds=2, iterations=60, eval_every=30, train_subset=600)
 
 
-def tiny_experiment():
-    return config.from_preset("es667", "mnist", "lenet300_100", **TINY)
+def run_cli(*args: str) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "run.py"), *args], capture_output=True, text=True,
+                            env=os.environ.copy(), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_two_workers_give_the_results_of_a_serial_run(tmp_path):
+def test_two_workers_give_the_results_of_a_serial_run_on_one_thread(tmp_path):
+    """Each worker trains on one TensorFlow thread; on some CPUs (AVX2) TensorFlow's multi-threaded kernels round
+    differently, so the serial run that must match bit for bit is the one on one thread too."""
     pytest.importorskip("ray")
-    serial = imp.run_experiment(tiny_experiment(), tmp_path / "serial", options=imp.RunOptions(
-        strategies=["all"], trials=(0, 1), check_tfmot=False, verbose=False))
-    parallel = imp.run_experiment(tiny_experiment(), tmp_path / "parallel", options=imp.RunOptions(
-        strategies=["all"], trials=(0, 1), check_tfmot=False, verbose=False, workers=2))
-    want, got = (RunFolder(folder.directory).results().drop(columns="train_seconds") for folder in (serial, parallel))
+    tiny = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]
+    common = ["--dataset", "mnist", "--arch", "lenet300_100", *tiny, "--strategy", "all", "--trials", "2",
+              "--no-tfmot-check", "--quiet"]
+    run_cli(*common, "--threads", "1", "--output-dir", str(tmp_path / "serial"))
+    run_cli(*common, "--workers", "2", "--output-dir", str(tmp_path / "parallel"))
+    serial, parallel = (next((tmp_path / name).iterdir()) for name in ("serial", "parallel"))
+    want, got = (RunFolder(folder).results().drop(columns="train_seconds") for folder in (serial, parallel))
     pd.testing.assert_frame_equal(got, want)
-    assert sorted(p.relative_to(parallel.directory).as_posix() for p in parallel.directory.rglob("*")
-                  if p.name != ".lock") == sorted(p.relative_to(serial.directory).as_posix()
-                                                  for p in serial.directory.rglob("*") if p.name != ".lock")
+    assert len(got) == 2 * 9 * 2
+    assert sorted(p.relative_to(parallel).as_posix() for p in parallel.rglob("*") if p.name != ".lock") == \
+        sorted(p.relative_to(serial).as_posix() for p in serial.rglob("*") if p.name != ".lock")
+
+
+OWN_MODEL_SEARCH = """
+import sys
+
+import keras
+import numpy as np
+
+import lottery_keras
+
+arrays = np.load(sys.argv[1])
+inputs = keras.Input((28, 28, 1))
+hidden = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(inputs))
+found = lottery_keras.find_ticket(keras.Model(inputs, keras.layers.Dense(10)(hidden)),
+                                  *[(arrays[f"x_{split}"], arrays[f"y_{split}"]) for split in ("train", "val", "test")],
+                                  rounds=2, iterations=60, eval_every=30, trials=2, output_dir=sys.argv[2],
+                                  workers=int(sys.argv[3]), verbose=False)
+found.results.drop(columns=["train_seconds", "ticket_init", "ticket_trained"]).to_csv(sys.argv[4], index=False)
+"""
 
 
 def test_workers_train_a_model_and_data_of_ones_own_as_a_serial_run_does(tmp_path, mnist_small):
-    """The workers rebuild the network from the run folder and take the driver's data from Ray's object store."""
+    """The workers rebuild the network from the run folder and take the driver's data from Ray's object store.
+    The serial search runs on one TensorFlow thread, as each worker does (see the test above)."""
     pytest.importorskip("ray")
-    import keras
-
-    import lottery_keras
-
-    def mlp() -> keras.Model:
-        inputs = keras.Input((28, 28, 1))
-        hidden = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(inputs))
-        return keras.Model(inputs, keras.layers.Dense(10)(hidden))
-
     splits = mnist_small.head(train=600, val=200, test=200)
-    pairs = [(splits.x_train, splits.y_train), (splits.x_val, splits.y_val), (splits.x_test, splits.y_test)]
-    found = {workers: lottery_keras.find_ticket(mlp(), *pairs, rounds=2, iterations=60, eval_every=30, trials=2,
-                                                output_dir=tmp_path / str(workers), workers=workers, verbose=False)
-             for workers in (1, 2)}
-    want, got = (found[workers].results.drop(columns=["train_seconds", "ticket_init", "ticket_trained"])
-                 for workers in (1, 2))
+    data = tmp_path / "data.npz"
+    np.savez(data, **{name: getattr(splits, name) for name in
+                      ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")})
+    one_thread = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    for workers, env in ((1, one_thread), (2, os.environ.copy())):
+        result = subprocess.run([sys.executable, "-c", OWN_MODEL_SEARCH, str(data), str(tmp_path / str(workers)),
+                                 str(workers), str(tmp_path / f"{workers}.csv")], capture_output=True, text=True,
+                                env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+    want, got = (pd.read_csv(tmp_path / f"{workers}.csv") for workers in (1, 2))
     pd.testing.assert_frame_equal(got, want)
     assert len(got) == 12
 
@@ -86,7 +108,8 @@ def test_workers_must_be_a_positive_count():
 
 def own_workers(driver: int) -> list[int]:
     """The Ray trial workers that `driver` started (not those of other runs on this machine)."""
-    listed = subprocess.run(["pgrep", "-f", "ray::_run_trial"], capture_output=True, text=True).stdout
+    task = f"ray::{imp.run_trial_in_worker.__name__}"
+    listed = subprocess.run(["pgrep", "-f", task], capture_output=True, text=True).stdout
     return [int(pid) for pid in listed.split() if driver in ancestors(int(pid))]
 
 
@@ -109,8 +132,8 @@ def test_a_killed_worker_costs_only_its_unfinished_round(tmp_path):
     args = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "magnitude_rewind", "--rounds", "3",
             "--iterations", "900", "--eval-every", "300", "--train-subset", "600", "--quiet", "--no-tfmot-check",
             "--trials", "2"]
-    serial = subprocess.run([sys.executable, "run.py", *args, "--output-dir", str(tmp_path / "serial")], cwd=REPO,
-                            capture_output=True, text=True)
+    serial = subprocess.run([sys.executable, "run.py", *args, "--threads", "1", "--output-dir",
+                             str(tmp_path / "serial")], cwd=REPO, capture_output=True, text=True)
     assert serial.returncode == 0, serial.stderr
     run = subprocess.Popen([sys.executable, "run.py", *args, "--workers", "2", "--output-dir",
                             str(tmp_path / "parallel")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -12,7 +12,8 @@ import pytest
 
 from lottery_keras import config
 from lottery_keras.analysis import report, study
-from lottery_keras.lottery.paths import RESULT_COLUMNS, RunFolder, RunFolderError
+from lottery_keras.columns import results_columns
+from lottery_keras.lottery.paths import RunFolder, RunFolderError
 from lottery_keras.storage import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ PUBLISHED = sorted((REPO / path).parent for path in subprocess.run(
 
 
 def metrics(round_index: int, test_acc: float) -> dict:
-    return {column: float(round_index) for column in RESULT_COLUMNS} | {"round": round_index, "test_acc": test_acc}
+    return {column: float(round_index) for column in results_columns()} | {"round": round_index, "test_acc": test_acc}
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_results_are_rebuilt_from_finished_units_and_keep_recorded_rows_without_
     """A kill between a unit's metrics and the table leaves results.csv short: the next refresh repairs it.
     Rows of rounds without a unit folder (a published table whose tickets are not committed) are kept; a unit
     folder without metrics (an unfinished attempt) drops its row."""
-    recorded = pd.DataFrame([metrics(0, 97.0), metrics(1, 98.0), metrics(2, 50.0)], columns=RESULT_COLUMNS)
+    recorded = pd.DataFrame([metrics(0, 97.0), metrics(1, 98.0), metrics(2, 50.0)], columns=results_columns())
     run.strategy_dir(0, "magnitude_rewind").mkdir(parents=True)
     recorded.to_csv(run.results_csv(0, "magnitude_rewind"), index=False)
     finish(run.unit(0, "magnitude_rewind", 1), 98.5)  # finished here: wins over the recorded row
@@ -190,7 +191,7 @@ def test_a_damaged_round_file_names_the_file_and_how_to_redo_the_round(run, dama
 
 def test_a_results_table_with_words_for_numbers_names_the_table(run):
     run.strategy_dir(0, "magnitude_rewind").mkdir(parents=True)
-    table = pd.DataFrame([metrics(0, 97.0)], columns=RESULT_COLUMNS).assign(remaining="lots")
+    table = pd.DataFrame([metrics(0, 97.0)], columns=results_columns()).assign(remaining="lots")
     table.to_csv(run.results_csv(0, "magnitude_rewind"), index=False)
     with pytest.raises(ValueError, match="non-numeric values in remaining") as info:
         run.results()

@@ -17,7 +17,7 @@ from lottery_keras.analysis import report
 from lottery_keras.lottery import controller as imp
 from lottery_keras.lottery.strategies import STRATEGIES
 
-ALWAYS_DRAWN = [stem for stem in report.FIGURES if stem not in report.OPTIONAL_FIGURES]
+ALWAYS_DRAWN = [stem for stem in report.FIGURES if stem not in report.optional_figures()]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

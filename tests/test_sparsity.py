@@ -55,9 +55,10 @@ def test_a_residual_model_prunes_during_fit_and_strips_to_plain_keras(tmp_path):
     compile_for_fit(pruned).fit(splits.x_train, splits.y_train, batch_size=60, epochs=2, verbose=0,
                                 callbacks=[UpdatePruningStep()])
     for layer in pruned_layers(pruned):
-        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        (kernel, mask), = layer.pruned_weights
+        kernel = keras.ops.convert_to_numpy(kernel)
         assert (kernel == 0).mean() == pytest.approx(0.8, abs=0.01), layer.name
-        np.testing.assert_array_equal(kernel == 0, keras.ops.convert_to_numpy(layer.mask) == 0)
+        np.testing.assert_array_equal(kernel == 0, keras.ops.convert_to_numpy(mask) == 0)
     assert pruned.evaluate(splits.x_test, splits.y_test, verbose=0)[1] > 0.8
     plain = strip_pruning(pruned)
     assert not any(isinstance(layer, PruneLowMagnitude) for layer in plain.layers)
@@ -70,8 +71,8 @@ def test_a_residual_model_prunes_during_fit_and_strips_to_plain_keras(tmp_path):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(plain(x)))
     pruned.save(tmp_path / "pruned.keras")  # the wrapped model round-trips too, masks included
     again = keras.models.load_model(tmp_path / "pruned.keras")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(again.get_layer("prune_low_magnitude_hidden").mask),
-                                  keras.ops.convert_to_numpy(pruned.get_layer("prune_low_magnitude_hidden").mask))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(again.get_layer("prune_low_magnitude_hidden").masks[0]),
+                                  keras.ops.convert_to_numpy(pruned.get_layer("prune_low_magnitude_hidden").masks[0]))
 
 
 def test_mobilenet_v2_prunes_strips_and_exports_to_tflite():
@@ -84,7 +85,8 @@ def test_mobilenet_v2_prunes_strips_and_exports_to_tflite():
     compile_for_fit(pruned).fit(splits.x_train, splits.y_train, batch_size=60, epochs=1, verbose=0,
                                 callbacks=[UpdatePruningStep()])
     for layer in pruned_layers(pruned):
-        assert (keras.ops.convert_to_numpy(layer.kernel) == 0).mean() == pytest.approx(0.5, abs=0.02)
+        kernel = layer.pruned_weights[0][0]
+        assert (keras.ops.convert_to_numpy(kernel) == 0).mean() == pytest.approx(0.5, abs=0.02)
     plain = strip_pruning(pruned)
     x = splits.x_test[:64]
     reference = keras.ops.convert_to_numpy(plain(x, training=False))
@@ -93,12 +95,34 @@ def test_mobilenet_v2_prunes_strips_and_exports_to_tflite():
     np.testing.assert_allclose(logits, reference, atol=1e-3)
 
 
+@pytest.mark.parametrize("sparsity, expected", [
+    (0.25, [0, 0, 1, 1, 1, 1, 1, 1]),   # keeps all six survivors
+    (0.375, [0, 0, 1, 0, 1, 1, 1, 1]),  # drops one of the two zero survivors: the later one (ties by position)
+])
+def test_update_mask_never_revives_a_pruned_weight_tied_with_a_zero_survivor(sparsity, expected):
+    """Surviving weights that are exactly 0.0 tie with the pruned positions (|0| = 0) before them in the flat
+    order; only survivors may be kept, so the mask only shrinks."""
+    layer = PruneLowMagnitude(keras.layers.Dense(4, use_bias=False), ConstantSparsity(sparsity, frequency=1))
+    layer.build((None, 2))
+    (kernel, mask), = layer.pruned_weights
+    old_mask = np.array([0, 0, 1, 1, 1, 1, 1, 1], np.float32).reshape(2, 4)
+    mask.assign(old_mask)
+    kernel.assign(np.array([0, 0, 0, 0, 1, 2, 3, 4], np.float32).reshape(2, 4))
+    assert layer.update_masks(0)
+    new_mask = keras.ops.convert_to_numpy(mask)
+    assert np.all(new_mask <= old_mask)
+    assert new_mask.sum() == round(8 * (1 - sparsity))
+    np.testing.assert_array_equal(new_mask.reshape(-1), expected)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel),
+                                  np.array([0, 0, 0, 0, 1, 2, 3, 4], np.float32).reshape(2, 4) * new_mask)
+
+
 def test_layers_can_be_chosen_by_name_or_predicate():
     model = residual_model()
     for choice in (["hidden"], "hidden"):
         only = prune_low_magnitude(model, layers=choice)
         assert [layer.name for layer in pruned_layers(only)] == ["prune_low_magnitude_hidden"]
-    with pytest.raises(PruningError, match=r"cannot prune add(_\d+)? \(Add\)"):
+    with pytest.raises(PruningError, match=r"cannot prune add(_\d+)? \(Add\); prunable layers are those with a kernel"):
         prune_low_magnitude(model, layers=["hidden", next(layer.name for layer in model.layers
                                                           if isinstance(layer, keras.layers.Add))])
     convs = prune_low_magnitude(model, layers=lambda layer: isinstance(layer, keras.layers.Conv2D))
@@ -120,7 +144,7 @@ class Subclassed(keras.Model):
     (lambda: Subclassed()(np.zeros((1, 4))) and None, None),
     (lambda: keras.Sequential([keras.Input((4,)), keras.layers.Flatten(), keras.layers.Activation("relu")]),
      "has no layer to prune"),
-    (lambda: keras.layers.Dense(3), "takes a Keras model, not Dense"),
+    (lambda: "dense", "takes a Keras model, a layer or a list of layers, not str"),
 ])
 def test_what_cannot_be_pruned_is_one_clear_error(make, message):
     if message is None:  # a subclassed model without get_config
@@ -129,7 +153,7 @@ def test_what_cannot_be_pruned_is_one_clear_error(make, message):
         make, message = (lambda: model), "needs a Sequential or functional model"
     with pytest.raises(PruningError, match=message):
         prune_low_magnitude(make())
-    with pytest.raises(PruningError, match="cannot be pruned"):
-        PruneLowMagnitude(keras.layers.BatchNormalization())
+    with pytest.raises(PruningError, match=r"batch_normalization(_\d+)? \(BatchNormalization\) has no weight to prune"):
+        PruneLowMagnitude(keras.layers.BatchNormalization()).build((None, 4))
     with pytest.raises(ValueError, match="target_sparsity must lie in"):
         ConstantSparsity(1.2)

@@ -53,3 +53,23 @@ print(float(tf.constant(2.0) + 1.0))
 """)
     assert result.returncode == 0 and result.stdout.strip() == "3.0"
     assert result.stderr == ""
+
+
+def test_help_and_the_first_screen_of_a_real_run_are_quiet(tmp_path):
+    """`python run.py --help` and a short real run of the main job print our lines only: no TensorFlow, absl or
+    oneDNN logging and no Python warnings (the one-time notice of compiling the native kernels is ours)."""
+    help_screen = subprocess.run([sys.executable, "run.py", "--help"], capture_output=True, text=True, cwd=REPO,
+                                 env=ENV, timeout=120)
+    assert help_screen.returncode == 0 and help_screen.stderr == ""
+    assert "usage: python run.py" in help_screen.stdout
+
+    run = subprocess.run([sys.executable, "run.py", "--dataset", "mnist", "--arch", "lenet5", "--rounds", "2",
+                          "--iterations", "40", "--eval-every", "20", "--train-subset", "600",
+                          "--output-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, env=ENV,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    noise = [line for line in run.stderr.splitlines() if not line.startswith("lottery_keras: compiling the native")]
+    assert noise == []
+    first_lines = run.stdout.splitlines()[:3]
+    assert first_lines[0].startswith("execution plan: CPU") and first_lines[1].startswith("data: mnist from ")
+    assert first_lines[2] == "trial 0 · magnitude_rewind · round 1/2 · 100.00% of weights remaining"

@@ -5,6 +5,9 @@
     <report_dir>/summary.csv            per run: dense and peak accuracy, winning-ticket range, control gaps
     <report_dir>/<figure>.png|.svg      the figures named in `FIGURES`
 
+Which columns are averaged, shown in the per-round table and drawn in which figure panels is the columns'
+declarations' (`lottery_keras.columns`).
+
 Every statistic is taken over the trials that finished a round, so a run still in progress reports what it has.
 Figures are drawn on `matplotlib.figure.Figure` objects (Agg canvas), never through pyplot's global state.
 """
@@ -25,29 +28,19 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from lottery_keras.columns import Column, aggregated_columns, declared, names, plotted, table_columns
 from lottery_keras.config import CORRUPTIONS, Experiment, adversarial_epsilon, preset_of
 from lottery_keras.lottery import strategies
-from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, REPORT, RESULT_COLUMNS, RunFolder
+from lottery_keras.lottery.paths import REPORT, RunFolder
 from lottery_keras.lottery.strategies import RANDOM_PRUNING_CONTROL as RANDOM_PRUNING
 from lottery_keras.lottery.strategies import REINIT_CONTROL as REINIT
 from lottery_keras.lottery.strategies import STRATEGIES
 from lottery_keras.lottery.strategies import WINNING_TICKET as TICKET
-from lottery_keras.storage import atomic_path, write_csv
+from lottery_keras.storage import atomic_path, output_folder, write_csv
 
 TICKET_TOLERANCE = 2.0  # accuracy points below dense that still count as "matching" the dense network
 COLLAPSE_DROP = 10.0  # points below dense: the cliff every network of a configuration falls off together
 CURVE_TARGETS = (100.0, 50.0, 20.0, 5.0)  # remaining % of the learning curves shown, plus the sparsest
-METRICS = [column for column in RESULT_COLUMNS if column not in ("round", "remaining", "diverged")]
-FIGURES = {
-    "test_accuracy": "Test accuracy at early stop vs weights remaining",
-    "early_stop_iteration": "Early-stop iteration vs weights remaining",
-    "learning_curves": "Learning curves of the winning ticket (solid) and random reinit (dashed)",
-    "beyond_accuracy": "Generalization gap, calibration and training time vs weights remaining",
-    "robustness": "Robustness vs weights remaining: common corruptions and FGSM",
-    "stability": "Instability (error barrier between two copies trained on different data orders)",
-}
-# Figures drawn only where the rounds have this column (options of the run).
-OPTIONAL_FIGURES = {"robustness": "corruption_acc_mean", "stability": "instability_mean"}
 CIFAR10_NOTE = ("CIFAR-10 figures come from the local lossy copy of the dataset (rebuilt from a JPEG re-encoding, "
                 "pixels differ by up to ~14 grey levels; see shared/datasets/README.md): accuracies can differ "
                 "slightly from published CIFAR-10 numbers.")
@@ -87,7 +80,8 @@ def run_label(folder: RunFolder) -> str:
 def load_run(folder: RunFolder, label: str | None = None) -> pd.DataFrame:
     """Every finished round of a run (`RunFolder.results`) with a leading `run` column."""
     frame = folder.results()
-    frame = frame.astype({column: float for column in ["remaining", *metrics_in(frame)]} | {"diverged": bool})
+    flags = [name for name in names(declared(kind="flag")) if name in frame]
+    frame = frame.astype({column: float for column in ["remaining", *metrics_in(frame)]} | dict.fromkeys(flags, bool))
     frame.insert(0, "run", label or run_label(folder))
     return frame
 
@@ -115,8 +109,9 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
 
 
 def metrics_in(frame: pd.DataFrame) -> list[str]:
-    """The metric columns of a results frame: every run's, then the optional ones some rounds have."""
-    return METRICS + [column for column in OPTIONAL_COLUMNS if column in frame]
+    """The metric columns of a results frame (`columns.aggregated_columns`): every run's, and the optional ones
+    some rounds have."""
+    return aggregated_columns(frame.columns)
 
 
 def aggregate_rounds(frame: pd.DataFrame) -> pd.DataFrame:
@@ -269,14 +264,21 @@ def markdown_table(frame: pd.DataFrame, digits: dict[str, int] | None = None) ->
 
 def round_table(strategy_rows: pd.DataFrame) -> pd.DataFrame:
     """The per-round markdown view of one strategy's aggregated rounds."""
-    columns = {"remaining": "remaining %", "trials": "trials", "es_iteration_mean": "ES iteration",
-               "test_acc_mean": "test acc", "test_acc_min": "test min", "test_acc_max": "test max",
-               "val_acc_mean": "val acc", "final_test_acc_mean": "final test acc",
-               "generalization_gap_mean": "gen. gap", "ece_mean": "ECE", "train_seconds_mean": "train s",
-               "corruption_acc_mean": "corruption acc", "adversarial_acc_mean": "FGSM acc",
-               "instability_mean": "instability"}
-    columns = {key: name for key, name in columns.items() if key in strategy_rows}
+    cells = {key: header for key, (header, _) in round_table_cells().items()}
+    columns = {key: name for key, name in {"remaining": "remaining %", "trials": "trials", **cells}.items()
+               if key in strategy_rows}
     return strategy_rows[list(columns)].rename(columns=columns).reset_index()
+
+
+def round_table_cells() -> dict[str, tuple[str, int]]:
+    """The per-round table's statistics after remaining % and trials, in its order: aggregated column →
+    (header, decimals), as the columns declare them (`Column.table_rank`, `label`, `range_labels`, `digits`)."""
+    cells = {}
+    for column in table_columns():
+        statistics = ("mean", "min", "max") if column.range_labels else ("mean",)
+        headers = (column.label, *(column.range_labels or ()))
+        cells |= {f"{column.name}_{stat}": (header, column.digits) for stat, header in zip(statistics, headers)}
+    return cells
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
@@ -314,7 +316,24 @@ def diverged_note(rounds: pd.DataFrame) -> list[str]:
 
 
 def figures_of(rounds: pd.DataFrame) -> list[str]:
-    return [stem for stem in FIGURES if OPTIONAL_FIGURES.get(stem, "remaining") in rounds]
+    """The figures the rounds can draw: every one drawn otherwise, those of column panels where the rounds have
+    a column plotted in them."""
+    _check_plots()
+    return [stem for stem, figure in FIGURES.items() if figure.draw or panels_of(stem, rounds)]
+
+
+def panels_of(stem: str, rounds: pd.DataFrame) -> list[Column]:
+    """The columns plotted in the figure `stem` that the aggregated rounds have, in registry order."""
+    return [column for column in plotted(stem) if f"{column.name}_mean" in rounds]
+
+
+def _check_plots() -> None:
+    """Every column plotted is plotted in a figure of column panels that `FIGURES` declares."""
+    panels = {stem for stem, figure in FIGURES.items() if figure.draw is None}
+    stray = [column.name for column in declared() if column.plot and column.plot.figure not in panels]
+    if stray:
+        raise ValueError(f"column(s) {', '.join(stray)} are plotted in figures that lottery_keras/analysis/report.py "
+                         "does not declare: add each figure to its FIGURES")
 
 
 def robustness_rounds(runs: list[Run]) -> pd.DataFrame:
@@ -399,7 +418,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         summary_markdown(summary),
     ]
     for stem in figures_of(rounds):
-        caption = FIGURES[stem]
+        caption = FIGURES[stem].caption
         parts += [f"## {caption}", f"![{caption}]({stem}.png)\n\nVector version: [{stem}.svg]({stem}.svg)"]
     parts += robustness_markdown(runs, rounds, robustness if robustness is not None else pd.DataFrame())
     parts += stability_markdown(rounds)
@@ -411,7 +430,7 @@ def markdown_report(runs: list[Run], rounds: pd.DataFrame, summary: pd.DataFrame
         for strategy in strategies.ordered(rounds.loc[rounds["run"] == run.label, "strategy"]):
             parts += [f"### {run.label}: {label_of(strategy)} (`{strategy}`)",
                       markdown_table(round_table(strategy_rounds(rounds, run.label, strategy)),
-                                     digits={"ES iteration": 1, "ECE": 4})]
+                                     digits=dict(round_table_cells().values()))]
     return "\n\n".join(parts) + "\n"
 
 
@@ -457,18 +476,17 @@ def add_dense_line(ax, ticket: pd.DataFrame, metric: str) -> None:
                    label="dense (winning ticket round 0)")
 
 
-def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[tuple[str, str]],
-                  dense_line: bool = False) -> Figure:
-    """Rows = runs, columns = `panels` (metric, y label): mean and min–max band vs remaining %."""
+def metric_figure(runs: list[Run], rounds: pd.DataFrame, panels: list[Column]) -> Figure:
+    """Rows = runs, columns = `panels`, each as its `Column.plot` says: mean and min–max band vs remaining %."""
     figure, axes = new_figure(len(runs), len(panels), (5.0, 3.6))
     for row, run in zip(axes, runs):
-        for ax, (metric, ylabel) in zip(row, panels):
-            band_plot(ax, rounds, run.label, metric)
-            if dense_line:
-                add_dense_line(ax, strategy_rounds(rounds, run.label, TICKET), metric)
+        for ax, column in zip(row, panels):
+            band_plot(ax, rounds, run.label, column.name)
+            if column.plot.dense_line:
+                add_dense_line(ax, strategy_rounds(rounds, run.label, TICKET), column.name)
             remaining_axis(ax, rounds.loc[rounds["run"] == run.label, "remaining"],
                            ticks=strategy_rounds(rounds, run.label, TICKET)["remaining"])
-            ax.set_ylabel(ylabel)
+            ax.set_ylabel(column.plot.axis)
             ax.set_title(panel_title(run), fontsize="medium")
         if row[0].get_legend_handles_labels()[0]:  # a run with no finished round has nothing to label
             row[0].legend(fontsize="small")
@@ -539,25 +557,37 @@ def learning_curve_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
     return figure
 
 
-def beyond_accuracy_figure(runs: list[Run], rounds: pd.DataFrame) -> Figure:
-    return metric_figure(runs, rounds, [("generalization_gap", "generalization gap (train − test, points)"),
-                                        ("ece", "ECE (test split, 15 bins)"),
-                                        ("train_seconds", "training wall time per round (s)")])
+@dataclasses.dataclass(frozen=True)
+class ReportFigure:
+    """A figure of the report.
+
+    Args:
+        caption: Its heading in report.md.
+        draw: What draws it from the runs and their aggregated rounds; None: one panel per column plotted in it
+            that the rounds have (`panels_of`, `metric_figure`).
+    """
+
+    caption: str
+    draw: Callable[[list[Run], pd.DataFrame], Figure] | None = None
+
+    def render(self, stem: str, runs: list[Run], rounds: pd.DataFrame) -> Figure:
+        return self.draw(runs, rounds) if self.draw else metric_figure(runs, rounds, panels_of(stem, rounds))
 
 
-FIGURE_BUILDERS: dict[str, Callable[[list[Run], pd.DataFrame], Figure]] = {
-    "test_accuracy": lambda runs, rounds: metric_figure(
-        runs, rounds, [("test_acc", "test accuracy at early stop (%)")], dense_line=True),
-    "early_stop_iteration": lambda runs, rounds: metric_figure(
-        runs, rounds, [("es_iteration", "early-stop iteration")]),
-    "learning_curves": learning_curve_figure,
-    "beyond_accuracy": beyond_accuracy_figure,
-    "robustness": lambda runs, rounds: metric_figure(
-        runs, rounds, [("corruption_acc", "accuracy under corruptions (%, mean)"),
-                       ("adversarial_acc", "accuracy under FGSM (%)")]),
-    "stability": lambda runs, rounds: metric_figure(
-        runs, rounds, [("instability", "error barrier on the test split (points)")]),
+FIGURES = {  # in report order
+    "test_accuracy": ReportFigure("Test accuracy at early stop vs weights remaining"),
+    "early_stop_iteration": ReportFigure("Early-stop iteration vs weights remaining"),
+    "learning_curves": ReportFigure("Learning curves of the winning ticket (solid) and random reinit (dashed)",
+                                    learning_curve_figure),
+    "beyond_accuracy": ReportFigure("Generalization gap, calibration and training time vs weights remaining"),
+    "robustness": ReportFigure("Robustness vs weights remaining: common corruptions and FGSM"),
+    "stability": ReportFigure("Instability (error barrier between two copies trained on different data orders)"),
 }
+
+
+def optional_figures() -> list[str]:
+    """The figures drawn only where the rounds have their columns: those plotting optional columns alone."""
+    return [stem for stem in FIGURES if plotted(stem) and all(column.optional for column in plotted(stem))]
 
 
 FORMAT_COLORS = {"float": "tab:blue", "sparse": "tab:orange", "int8": "tab:green"}
@@ -615,13 +645,13 @@ def write_report(run_dirs: list[Path], output_dir: Path | None = None) -> Path:
     frames = [run.results for run in runs if not run.results.empty]
     if not frames:
         raise ValueError(f"no finished round in {', '.join(map(str, run_dirs))}; nothing to report yet")
-    report_dir = Path(output_dir) if output_dir is not None else default_report_dir(run_dirs)
+    report_dir = output_folder(Path(output_dir) if output_dir is not None else default_report_dir(run_dirs))
     rounds = aggregate_rounds(pd.concat(frames, ignore_index=True))
     summary = study_summary(rounds, [run.label for run in runs])
     write_csv(report_dir / "rounds.csv", rounds)
     write_csv(report_dir / "summary.csv", summary)
     for stem in figures_of(rounds):
-        save_figure(FIGURE_BUILDERS[stem](runs, rounds), report_dir, stem)
+        save_figure(FIGURES[stem].render(stem, runs, rounds), report_dir, stem)
     robustness = robustness_rounds(runs)
     if not robustness.empty:
         write_csv(report_dir / "robustness.csv", robustness)

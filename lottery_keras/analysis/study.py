@@ -29,6 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from lottery_keras import catalog
 from lottery_keras.analysis import report
 from lottery_keras.analysis.report import COLLAPSE_DROP, TICKET_TOLERANCE, Run, color_of, label_of, ticket_range
 from lottery_keras.config import preset_of
@@ -216,12 +217,17 @@ def nearest_round(remaining: pd.Series, level: float) -> int:
     return int((np.log(remaining) - math.log(level)).abs().idxmin())
 
 
+def _family(arch: str) -> str | None:
+    """The paper's group of architectures `arch` belongs to (None for a model of one's own)."""
+    return catalog.architecture(arch).family if arch in catalog.architectures() else None
+
+
 def paper_claims(study: list[StudyRun]) -> pd.DataFrame:
     """For frankle2019 LeNet runs, per claim: the paper's value and ours over complete seeds (test accuracy at
     early stop, as the paper measures it)."""
     rows = []
     for entry in study:
-        if entry.preset != "frankle2019" or not entry.run.experiment.arch.startswith("lenet"):
+        if entry.preset != "frankle2019" or _family(entry.run.experiment.arch) != "lenet":
             continue
         trials, remaining = entry.complete_trials(), entry.remaining()
         ticket = entry.curve(TICKET, trials)

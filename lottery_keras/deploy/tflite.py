@@ -8,7 +8,7 @@ file against Keras on the test set; `export_rounds` does it for every finished r
   builtin kernels. A ticket whose units (neurons, channels) have no outgoing weights left, as structured pruning
   leaves them, is exported as the smaller dense network it is in the `float` format (`tickets.compact`; column
   `parameters`). The sparse formats keep the full shapes: their encoding already drops the zeros, and the
-  converter's sparse encodings of compacted collapsed tickets disagreed with Keras (README, "Deployment").
+  converter's sparse encodings of compacted collapsed tickets disagreed with Keras (docs/cli.md, "Deployment").
 
 For int8 the max |Δlogit| is dominated by the few logits outside the output range calibrated on the
 representative images (the quantised output saturates there, typically on the most negative logit, which
@@ -41,7 +41,7 @@ from lottery_keras.lottery.pruning import remaining_percent
 from lottery_keras.nn.models import MaskedModel
 from lottery_keras.nn.network import MaskedNetwork
 from lottery_keras.nn.saving import TicketError, load_ticket
-from lottery_keras.storage import atomic_path, write_csv
+from lottery_keras.storage import atomic_path, check_folder, write_csv
 from lottery_keras.train.evaluation import accuracy, batched_logits
 
 FORMATS = ("float", "sparse", "int8")  # float32 dense; float32 + EXPERIMENTAL_SPARSITY; full int8 + sparsity
@@ -198,6 +198,7 @@ def export_model(model: MaskedModel, splits: Splits, output_dir: str | os.PathLi
     """
     formats = check_formats(formats)
     output_dir = Path(output_dir)
+    check_folder(output_dir)
     x_test, y_test = splits.x_test[:test_limit], splits.y_test[:test_limit]
     if len(x_test) == 0:
         raise ValueError("the test split is empty; nothing to evaluate the export on")
@@ -277,6 +278,7 @@ def export_rounds(run: RunFolder, splits: Splits, strategy: str, trial: int, for
     if not units:
         raise TicketError(f"{run.strategy_dir(trial, strategy)} has no finished round with a trained ticket")
     output_dir = Path(output_dir) if output_dir is not None else run.strategy_dir(trial, strategy) / "deploy"
+    check_folder(output_dir)
     tables = []
     for unit in units:
         if progress is not None:

@@ -23,16 +23,18 @@ import keras
 import numpy as np
 import pandas as pd
 
-from lottery_keras import data
+from lottery_keras import catalog, data
+from lottery_keras.columns import declared, names
 from lottery_keras.config import Experiment, adversarial_epsilon
-from lottery_keras.lottery import pruning, saliency, strategies
-from lottery_keras.lottery.paths import OPTIONAL_COLUMNS, ROBUSTNESS, STABILITY, RunFolder, Unit
+from lottery_keras.lottery import parallel, pruning, strategies
+from lottery_keras.lottery.paths import ROBUSTNESS, STABILITY, RunFolder, Unit
+from lottery_keras.lottery.seeds import derived_seed
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
-from lottery_keras.nn.models import MIN_IMAGE_SIDE, MaskedModel, build_model
+from lottery_keras.nn.models import MaskedModel, build_model
 from lottery_keras.nn.network import build_network, network_fingerprint
 from lottery_keras.nn.saving import TicketError, load_ticket
 from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
-                                   write_csv, write_json, write_npz)
+                                   write_csv, write_npz)
 from lottery_keras.train import evaluation
 from lottery_keras.train import plan as execution
 from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar, WeightsAt
@@ -43,12 +45,6 @@ from lottery_keras.train.schedule import LearningRateSchedule
 
 class ChainStopped(Exception):
     """A unit cannot run because a unit it needs diverged; the message says which."""
-
-
-def derived_seed(*parts: int | str) -> int:
-    """A seed below 2**20 determined by `parts` (trial seed, round, purpose)."""
-    words = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % 2**32 for p in parts]
-    return int(np.random.SeedSequence(words).generate_state(1)[0] % 2**20)
 
 
 def open_run_folder(experiment: Experiment, output_dir: str | os.PathLike) -> RunFolder:
@@ -120,7 +116,8 @@ class TrialRun:
 
     def __init__(self, experiment: Experiment, splits: data.Splits, folder: RunFolder, trial: int,
                  options: RunOptions):
-        self.exp, self.splits, self.folder, self.trial, self.options = experiment, splits, folder, trial, options
+        self.experiment, self.splits, self.folder = experiment, splits, folder
+        self.trial, self.options = trial, options
         self.seed = experiment.seed + trial
         self.network = folder.read_network() if experiment.model else None
         plan = execution.apply_threads(options.plan or execution.decide(experiment.builtin_arch))
@@ -140,12 +137,14 @@ class TrialRun:
                                                                 "test": (splits.x_test, splits.y_test),
                                                                 "train": (splits.x_train, splits.y_train)})
         self.requested = set(strategies.resolve(options.strategies))  # `run` narrows it to the names it runs
+        self.checked: set[Unit] = set()  # finished units whose files were read back whole in this process
 
     def _build(self, seed: int, model_execution=None) -> MaskedModel:
         if self.network is not None:
             return build_network(self.network, seed)
-        return build_model(self.exp.arch, self.splits.input_shape, self.splits.num_classes, self.exp.init, seed,
-                           self.exp.precision, model_execution)
+        experiment = self.experiment
+        return build_model(experiment.arch, self.splits.input_shape, self.splits.num_classes, experiment.init, seed,
+                           experiment.precision, model_execution)
 
     # ------------------------------------------------------------------------------------------ schedule
 
@@ -155,7 +154,7 @@ class TrialRun:
             if self.folder.results_are_stale(self.trial, name):
                 self.folder.refresh_results(self.trial, name)
         stopped: set[str] = set()
-        for round_index in range(self.exp.rounds):
+        for round_index in range(self.experiment.rounds):
             for name in names:
                 if name in stopped:
                     continue
@@ -171,14 +170,17 @@ class TrialRun:
         tickets."""
         unit = self.folder.unit(self.trial, name, round_index)
         if unit.is_resumable():
+            if unit not in self.checked:
+                unit.check_intact()
+                self.checked.add(unit)
             if name in self.requested and self._add_evaluations(unit):
                 self.folder.refresh_results(self.trial, name)
             unit.remove_stale_checkpoints()
             return unit
         strategy = STRATEGIES[name]
         needed = {dependency: self.ensure_round(*dependency)
-                  for dependency in strategy.dependencies(round_index, self.exp.pruning_scope)}
-        pruned = self._pruned_unit(strategy, round_index, needed)
+                  for dependency in strategy.dependencies(round_index, self.experiment.pruning_scope)}
+        pruned = strategy.mask_source.pruned_unit(strategy, round_index, needed) if round_index else None
         if pruned is not None and pruned.read_metrics().get("diverged"):
             raise ChainStopped(f"{pruned.strategy} round {pruned.round} diverged, so its trained weights give no "
                                "magnitude masks (a lower --lr may help)")
@@ -187,21 +189,13 @@ class TrialRun:
         elif round_index == 0 and strategy.dense_round_from:  # the same computation: copy it
             self._copy_unit(needed[strategy.dense_round_from, 0], unit)
         else:
-            self._train_round(strategy, unit, self._masks(strategy, round_index, needed),
-                              self._start_weights(strategy, round_index, needed))
+            masks = strategy.mask_source.masks(self, strategy, round_index, needed) if round_index \
+                else self.dense_masks()
+            self._train_round(strategy, unit, masks, strategy.start_rule.weights(self, strategy, round_index, needed))
         if name in self.requested:
             self._add_evaluations(unit)
         self.folder.refresh_results(self.trial, name)
         return unit
-
-    @staticmethod
-    def _pruned_unit(strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]) -> Unit | None:
-        """The unit whose trained weights this round's masks are cut from, if any."""
-        if strategy.masks in ("magnitude", "structured"):
-            return needed.get((strategy.name, round_index - 1))
-        if strategy.masks == "oneshot" and round_index:
-            return needed[strategy.dense_round_from, 0]
-        return None
 
     @staticmethod
     def _copy_unit(source: Unit, unit: Unit) -> None:
@@ -219,25 +213,11 @@ class TrialRun:
 
     # ------------------------------------------------------------------------------------------ masks
 
-    def _masks(self, strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]) -> pruning.Masks:
-        if round_index == 0:
-            return {layer.name: np.ones(layer.mask.shape, np.float32) for layer in self.model.masked_layers()}
-        if strategy.masks == "borrowed":
-            return self._read_masks(needed[strategy.masks_from, round_index])
-        if strategy.masks == "oneshot":
-            return self._oneshot_masks(needed[strategy.dense_round_from, 0], round_index)
-        if strategy.masks == "snip":
-            return self._snip_masks(round_index)
-        previous = needed[strategy.name, round_index - 1]
-        old_masks = self._read_masks(previous)
-        if strategy.masks == "magnitude":
-            return self._magnitude_masks(previous, old_masks, round_index)
-        if strategy.masks == "structured":
-            return self._structured_masks(previous, old_masks, round_index)
-        reference = needed.get((strategy.counts_from, round_index))
-        return self._random_masks(old_masks, round_index, reference)
+    def dense_masks(self) -> pruning.Masks:
+        """Every mask all ones (round 0)."""
+        return {layer.name: np.ones(layer.mask.shape, np.float32) for layer in self.model.masked_layers()}
 
-    def _read_masks(self, unit: Unit) -> pruning.Masks:
+    def read_masks(self, unit: Unit) -> pruning.Masks:
         """The unit's masks, which must fit this run's masked layers."""
         masks = unit.read_masks()
         expected = {layer.name: tuple(layer.mask.shape) for layer in self.model.masked_layers()}
@@ -246,46 +226,10 @@ class TrialRun:
                                    f"({', '.join(expected)}) in its shape; {unit.redo_hint()}")
         return masks
 
-    def _magnitude_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
-        kernels = self._trained_kernels(previous)
-        if self.exp.pruning_scope == "global":
-            return pruning.global_magnitude_prune(kernels, old_masks, self.exp.prune_fc, round_index)
-        counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
-        new_masks = pruning.magnitude_prune(kernels, old_masks, counts)
-        self._cross_check(old_masks, new_masks, round_index, kernels)
-        return new_masks
-
-    def _structured_masks(self, previous: Unit, old_masks: pruning.Masks, round_index: int) -> pruning.Masks:
-        kernels = self._trained_kernels(previous)
-        kinds = self.model.layer_kinds()
-        counts = {name: pruning.target_count(mask.shape[-1], pruning.structured_unit_rate(self.rates[name]),
-                                             round_index)
-                  for name, mask in old_masks.items() if kinds[name] != "output"}
-        in_order = {name: old_masks[name] for name in self.layer_names}  # units feed the next layer's inputs
-        return pruning.structured_prune(kernels, in_order, counts)
-
-    def _oneshot_masks(self, dense: Unit, round_index: int) -> pruning.Masks:
-        """The dense round's trained weights pruned once to the level `round_index` prunings reach."""
-        ones = {name: np.ones_like(mask) for name, mask in self._read_masks(dense).items()}
-        return self._magnitude_masks(dense, ones, round_index)
-
-    def _snip_masks(self, round_index: int) -> pruning.Masks:
-        """θ0 pruned by SNIP's connection sensitivity, straight to the level `round_index` prunings reach."""
-        ones = {name: np.ones(layer.mask.shape, np.float32)
-                for name, layer in zip(self.layer_names, self.model.masked_layers())}
-        self._set_start(self.theta0, ones)
-        samples = min(saliency.SNIP_SAMPLES, len(self.splits.x_train))
-        scores = saliency.snip_scores(self.model, self.splits.x_train[:samples], self.splits.y_train[:samples])
-        if self.exp.pruning_scope == "global":
-            return pruning.global_magnitude_prune(scores, ones, self.exp.prune_fc, round_index)
-        new_masks = pruning.magnitude_prune(scores, ones, pruning.layerwise_counts(ones, self.rates, round_index))
-        self._cross_check(ones, new_masks, round_index, scores)  # tfmot's threshold, on the scores
-        return new_masks
-
     def _trained_model(self, unit: Unit) -> MaskedModel:
         return self._ticket(unit, unit.ticket_trained)
 
-    def _trained_kernels(self, unit: Unit) -> dict[str, np.ndarray]:
+    def trained_kernels(self, unit: Unit) -> dict[str, np.ndarray]:
         return {layer.name: keras.ops.convert_to_numpy(layer.kernel)
                 for layer in self._trained_model(unit).masked_layers()}
 
@@ -296,22 +240,14 @@ class TrialRun:
         except TicketError as err:
             raise DamagedFileError(f"{err}; {unit.redo_hint()}") from None
 
-    def _random_masks(self, old_masks: pruning.Masks, round_index: int, reference: Unit | None) -> pruning.Masks:
-        if self.exp.pruning_scope == "global":  # match the reference's per-layer counts at this level
-            counts = {name: int(mask.sum()) for name, mask in self._read_masks(reference).items()}
-        else:
-            counts = pruning.layerwise_counts(old_masks, self.rates, round_index)
-        rng = np.random.default_rng(derived_seed(self.seed, round_index, "random_masks"))
-        new_masks = pruning.random_prune(old_masks, counts, rng)
-        if self.exp.pruning_scope == "layerwise":
-            self._cross_check(old_masks, new_masks, round_index)
-        return new_masks
-
-    def _cross_check(self, old_masks, new_masks, round_index: int, kernels=None) -> None:
+    def cross_check(self, old_masks: pruning.Masks, new_masks: pruning.Masks, round_index: int,
+                    scores: pruning.Weights | None = None) -> None:
+        """Check layerwise masks against tfmot's schedule and, given the `scores` they were cut by, its magnitude
+        threshold (unless the options turn the check off)."""
         if self.options.check_tfmot:
             for name in self.layer_names:
                 pruning.check_against_tfmot(name, old_masks[name], new_masks[name], self.rates[name], round_index,
-                                            None if kernels is None else kernels[name])
+                                            None if scores is None else scores[name])
 
     # ------------------------------------------------------------------------------------------ weights
 
@@ -335,25 +271,24 @@ class TrialRun:
                                    f"{redo_hint}")
         return saved
 
-    def _start_weights(self, strategy: Strategy, round_index: int, needed: dict[tuple[str, int], Unit]
-                       ) -> dict[str, np.ndarray]:
-        if strategy.start == "theta0":
-            return self._rewind_point() if round_index and self.exp.rewind_iteration else self.theta0
-        if strategy.start == "trained":
-            trained = self._trained_model(needed[strategy.name, round_index - 1])
-            return {own.path: keras.ops.convert_to_numpy(value)  # saved models name their variables anew
-                    for own, value in zip(self.model.state_variables(), trained.state_variables())}
-        fresh = self._build(derived_seed(self.seed, round_index, "reinit"))
-        return {v.path: keras.ops.convert_to_numpy(v) for v in fresh.state_variables()}
+    def trained_state(self, unit: Unit) -> dict[str, np.ndarray]:
+        """The unit's trained weights, by this run's variable paths (saved models name their variables anew)."""
+        trained = self._trained_model(unit)
+        return {own.path: keras.ops.convert_to_numpy(value)
+                for own, value in zip(self.model.state_variables(), trained.state_variables())}
 
-    def _rewind_point(self) -> dict[str, np.ndarray]:
+    def fresh_state(self, seed: int) -> dict[str, np.ndarray]:
+        """The weights the architecture's initializers draw from `seed`, by variable path."""
+        return {v.path: keras.ops.convert_to_numpy(v) for v in self._build(seed).state_variables()}
+
+    def rewind_point(self) -> dict[str, np.ndarray]:
         """θ_K, kept by the dense round of the winning ticket (from θ0) under late rewinding."""
         dense = self.ensure_round(strategies.WINNING_TICKET, 0)
         if dense.read_metrics().get("diverged"):
             raise ChainStopped("the dense round diverged, so it has no rewind point (a lower --lr may help)")
         return self._read_weights(dense.rewind_point, dense.redo_hint())
 
-    def _set_start(self, weights: dict[str, np.ndarray], masks: pruning.Masks) -> None:
+    def set_start(self, weights: dict[str, np.ndarray], masks: pruning.Masks) -> None:
         for variable in self.model.state_variables():
             variable.assign(weights[variable.path])
         self.model.set_masks(masks)
@@ -381,14 +316,15 @@ class TrialRun:
     @staticmethod
     def _borrow_evaluations(source: Unit, unit: Unit) -> bool:
         metrics, evaluated = unit.read_metrics(), source.read_metrics()
-        added = {key: evaluated[key] for key in OPTIONAL_COLUMNS if key in evaluated and key not in metrics}
+        added = {key: evaluated[key] for key in names(declared(optional=True))
+                 if key in evaluated and key not in metrics}
         if not added:
             return False
         for name in (ROBUSTNESS, STABILITY):
             if (source.directory / name).is_file():
                 with atomic_path(unit.directory / name) as tmp:
                     shutil.copyfile(source.directory / name, tmp)
-        write_json(unit.metrics, {**metrics, **added})
+        unit.write_metrics({**metrics, **added})
         return True
 
     def _add_stability(self, unit: Unit) -> bool:
@@ -402,15 +338,16 @@ class TrialRun:
         self.model.set_weights(self._ticket(unit, unit.ticket_init).get_weights())
         schedule, offset = self._schedule_and_offset(STRATEGIES[unit.strategy], unit.round)
         watch = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
-                                  eval_every=self.exp.eval_every, iterations=self.exp.iterations - offset,
+                                  eval_every=self.experiment.eval_every, iterations=self.experiment.iterations - offset,
                                   test_every_eval=False, evaluator=self.evaluator)  # only to stop a diverging copy
         if self.options.verbose:
             print(f"trial {self.trial} · {unit.strategy} · round {unit.round}: training a second copy for the "
                   "stability analysis", flush=True)
         self._seed_randomness(unit.round, "copy")
         data_seed = derived_seed(self.seed, unit.round, "data", "copy")
-        checkpoint = self._checkpoint(unit.copy_checkpoint, data_seed, self.exp.iterations - offset, offset)
-        self.trainer.train(self.exp.iterations - offset, self.exp.eval_every, data_seed, [watch], schedule=schedule,
+        iterations = self.experiment.iterations - offset
+        checkpoint = self._checkpoint(unit.copy_checkpoint, data_seed, iterations, offset)
+        self.trainer.train(iterations, self.experiment.eval_every, data_seed, [watch], schedule=schedule,
                            step_offset=offset, checkpoint=checkpoint)
         instability = math.nan
         if watch.diverged:
@@ -421,14 +358,14 @@ class TrialRun:
                                                        self.splits.x_test, self.splits.y_test)
             write_csv(unit.stability, pd.DataFrame({"alpha": list(path), "test_acc": list(path.values())}))
             instability = evaluation.error_barrier(path)
-        write_json(unit.metrics, {**metrics, "instability": instability})
+        unit.write_metrics({**metrics, "instability": instability})
         unit.copy_checkpoint.unlink(missing_ok=True)
         return True
 
     def _schedule_and_offset(self, strategy: Strategy, round_index: int) -> tuple[LearningRateSchedule, int]:
         """A round's learning-rate schedule, and the step it starts at (K for rounds rewound to θ_K)."""
         schedule = self.schedule.final() if strategy.final_rate else self.schedule
-        return schedule, self.exp.rewind_iteration if strategy.start == "theta0" and round_index > 0 else 0
+        return schedule, self.experiment.rewind_iteration if strategy.start_rule.rewinds and round_index > 0 else 0
 
     def _add_robustness(self, unit: Unit) -> bool:
         """With `options.robustness`, score the unit's trained ticket on the test split under every corruption
@@ -441,45 +378,45 @@ class TrialRun:
         scores = evaluation.corruption_accuracies(model, x, y, normalisation)
         write_csv(unit.robustness, pd.DataFrame([{"corruption": name, "severity": severity, "test_acc": acc}
                                                   for (name, severity), acc in scores.items()]))
-        epsilon = adversarial_epsilon(self.exp.dataset)
-        write_json(unit.metrics, {**metrics, "corruption_acc": float(np.mean(list(scores.values()))),
-                                  "adversarial_acc": evaluation.fgsm_accuracy(model, x, y, normalisation, epsilon)})
+        epsilon = adversarial_epsilon(self.experiment.dataset)
+        unit.write_metrics({**metrics, "corruption_acc": float(np.mean(list(scores.values()))),
+                            "adversarial_acc": evaluation.fgsm_accuracy(model, x, y, normalisation, epsilon)})
         return True
 
     def _pixel_scale(self) -> evaluation.Normalisation:
         """How inputs map to pixels in [0, 1]: the built-in dataset's normalisation, or each channel's training
         range for data of one's own."""
-        if self.exp.data:
+        if self.experiment.data:
             return evaluation.Normalisation.spanning(self.splits.x_train)
-        spec = data.DATASETS[self.exp.dataset]
+        spec = data.DATASETS[self.experiment.dataset]
         return evaluation.Normalisation(spec.mean, spec.std)
 
     def _train_round(self, strategy: Strategy, unit: Unit, masks: pruning.Masks, start: dict) -> None:
         unit.metrics.unlink(missing_ok=True)  # results without tickets (a clone): they mark the unit finished last
-        self._set_start(start, masks)
+        self.set_start(start, masks)
         remaining = pruning.remaining_percent(masks)
         save_ticket(self.model, self.splits.input_shape, unit.ticket_init)
         schedule, offset = self._schedule_and_offset(strategy, unit.round)
-        iterations = self.exp.iterations - offset  # a late rewind trains the steps after K
+        iterations = self.experiment.iterations - offset  # a late rewind trains the steps after K
         recorder = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
-                                     eval_every=self.exp.eval_every, iterations=iterations,
+                                     eval_every=self.experiment.eval_every, iterations=iterations,
                                      train=(self.splits.x_train, self.splits.y_train), iteration_offset=offset,
                                      evaluator=self.evaluator)
         callbacks = [recorder]
-        rewind_point = WeightsAt(self.exp.rewind_iteration)
-        keep_rewind_point = strategy.start == "theta0" and unit.round == 0 and self.exp.rewind_iteration > 0
+        rewind_point = WeightsAt(self.experiment.rewind_iteration)
+        keep_rewind_point = strategy.start_rule.rewinds and unit.round == 0 and self.experiment.rewind_iteration > 0
         if keep_rewind_point:
             callbacks.append(rewind_point)
         if self.options.verbose:
-            label = (f"trial {self.trial} · {strategy.name} · round {unit.round + 1}/{self.exp.rounds} · "
+            label = (f"trial {self.trial} · {strategy.name} · round {unit.round + 1}/{self.experiment.rounds} · "
                      f"{remaining:.2f}% of weights remaining")
             callbacks.append(ProgressBar(recorder, label))
         self._seed_randomness(unit.round)
         data_seed = derived_seed(self.seed, unit.round, "data")
         checkpoint = self._checkpoint(unit.checkpoint, data_seed, iterations, offset)
         started = time.perf_counter()
-        self.trainer.train(iterations, self.exp.eval_every, data_seed, callbacks, schedule=schedule,
-                           step_offset=offset, pause_at=[self.exp.rewind_iteration] if keep_rewind_point else [],
+        self.trainer.train(iterations, self.experiment.eval_every, data_seed, callbacks, schedule=schedule,
+                           step_offset=offset, pause_at=[self.experiment.rewind_iteration] if keep_rewind_point else [],
                            checkpoint=checkpoint)
         seconds = checkpoint.seconds_spent() if checkpoint else time.perf_counter() - started
         if keep_rewind_point and rewind_point.weights is not None:  # None: diverged before step K
@@ -492,7 +429,7 @@ class TrialRun:
             print(f"warning: trial {self.trial} · {strategy.name} · round {unit.round}: training diverged (validation "
                   f"loss {recorder.history[-1]['val_loss']:.3g} at iteration {recorder.history[-1]['iteration']}); "
                   "flagged in its results and left out of every mean", file=sys.stderr, flush=True)
-        write_json(unit.metrics, {
+        unit.write_metrics({
             "round": unit.round, "remaining": round(remaining, 4), **result,
             "generalization_gap": result["train_acc"] - result["test_acc"], "train_seconds": round(seconds, 3),
             "engine": self.trainer.last_engine,
@@ -534,9 +471,7 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
         if options.verbose:
             print(f"data: {experiment.dataset} from {splits.source}")
         if options.parallel:
-            from lottery_keras.lottery import parallel
-
-            parallel.run_trials(experiment, folder.directory, splits, options, names)
+            parallel.run_trials(run_trial_in_worker, experiment, folder.directory, splits, options, names)
             for trial in options.trials:
                 for name in names:
                     folder.refresh_results(trial, name)
@@ -546,28 +481,41 @@ def run_experiment(experiment: Experiment, output_dir: str | os.PathLike = "outp
     return folder
 
 
+def run_trial_in_worker(experiment: Experiment, run_dir: str, splits: data.Splits, options: RunOptions,
+                        names: Sequence[str], trial: int) -> int:
+    """One trial in a worker process (`parallel.run_trials`): one TensorFlow thread, unsharded batches."""
+    plan = execution.decide(experiment.builtin_arch, batch_shards=1, threads=1,
+                            sparse_kernels=None if experiment.precision == "float32" else False)
+    plan = execution.apply_threads(dataclasses.replace(plan, inter_op_threads=1))
+    TrialRun(experiment, splits, RunFolder(run_dir), trial, dataclasses.replace(options, plan=plan, verbose=False)
+             ).run(names)
+    return trial
+
+
 def _check_data(experiment: Experiment, splits: data.Splits, network: dict | None, robustness: bool) -> None:
     """The data must suit the batch size, the augmentation, the robustness evaluation and the model: one line saying
     why not."""
     if experiment.batch_size > len(splits.x_train):
         raise ValueError(f"batch size {experiment.batch_size} exceeds the {len(splits.x_train)} training samples")
-    _check_images(experiment, splits, convolutional=network is None and experiment.arch != "lenet300_100",
-                  robustness=robustness)
+    spec = None if network is not None else catalog.architecture(experiment.arch)
+    _check_images(experiment, splits, spec, robustness=robustness)
     if network is not None:
         _check_network_fits(network, splits)
 
 
-def _check_images(experiment: Experiment, splits: data.Splits, convolutional: bool, robustness: bool) -> None:
+def _check_images(experiment: Experiment, splits: data.Splits, spec: catalog.ArchitectureSpec | None,
+                  robustness: bool) -> None:
     """What needs images (augmentation, a built-in conv net, robustness) gets images, large enough for the net."""
     shape = splits.input_shape
+    convolutional = spec is not None and spec.convolutional
     image_users = [what for what, uses in (("augmentation crops and flips", experiment.augment),
                                             (f"{experiment.arch} takes", convolutional),
                                             ("--robustness corrupts", robustness)) if uses]
     if image_users and len(shape) != 3:
         raise ValueError(f"{image_users[0]} images (height, width, channels); the {splits.name} samples have shape "
                          f"{shape}")
-    if convolutional and min(shape[:2]) < MIN_IMAGE_SIDE[experiment.arch]:
-        smallest = MIN_IMAGE_SIDE[experiment.arch]
+    if convolutional and min(shape[:2]) < spec.min_image_side:
+        smallest = spec.min_image_side
         raise ValueError(f"{experiment.arch} needs images of at least {smallest}×{smallest} (its convolutions and "
                          f"pooling shrink smaller ones to nothing); the {splits.name} samples are "
                          f"{shape[0]}×{shape[1]}")
@@ -590,12 +538,10 @@ def _check_network_fits(network: dict, splits: data.Splits) -> None:
 def _check_runnable(experiment: Experiment, options: RunOptions, names: Sequence[str], network: dict | None,
                     splits: data.Splits | None) -> None:
     """Refuse, before any work, what this experiment cannot run (one line saying why)."""
-    if strategies.STRUCTURED in names and experiment.pruning_scope == "global":
-        raise ValueError("the structured strategy prunes whole units layer by layer; run it with layerwise pruning "
-                         "(no --pruning-scope global)")
-    if strategies.STRUCTURED in names and experiment.model:
-        raise ValueError("the structured strategy follows units through a chain of layers, which only the built-in "
-                         "architectures declare; leave it out for a model of one's own")
+    for name in names:
+        refusal = STRATEGIES[name].mask_source.refusal(experiment)
+        if refusal:
+            raise ValueError(refusal)
     if not options.trials or min(options.trials) < 0:
         raise ValueError(f"trials must be one or more indices from 0, not {list(options.trials)}")
     if bool(experiment.model) != (network is not None):
@@ -608,10 +554,10 @@ def _check_runnable(experiment: Experiment, options: RunOptions, names: Sequence
 
 
 def summary_table(folder: RunFolder) -> pd.DataFrame:
-    """Mean over trials per (strategy, round): remaining %, early-stop iteration, val and test accuracy; rounds
-    that diverged are counted, not averaged."""
+    """Mean over trials per (strategy, round) of the columns declared `in_summary` (remaining %, early-stop
+    iteration, val and test accuracy); rounds that diverged are counted, not averaged."""
     table = folder.results()
-    columns = ["remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc"]
+    columns = [name for name in names(declared(in_summary=True)) if name in table]
     keys = ["strategy", "round"]
     summary = table[~table["diverged"]].groupby(keys)[columns].mean().round(2)
     summary = summary.reindex(table.groupby(keys).size().index)

@@ -10,8 +10,11 @@ it, the path every built-in run takes, with the same strategies, resume, reports
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import numbers
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -89,27 +92,44 @@ class TicketSearch:
 
 
 def find_ticket(model: keras.Model, train, validation=None, test=None, *,
-                strategies: Sequence[str] = DEFAULT_STRATEGIES, rounds: int = 16, iterations: int = 40_000,
-                batch_size: int = 60, learning_rate: float = 1.2e-3, prune_rate: float = 0.3,
-                eval_every: int | None = None, trials: int | Sequence[int] = 1, seed: int = 0,
+                strategies: Sequence[str] = DEFAULT_STRATEGIES, trials: int | Sequence[int] = 1,
                 layers: LayerChoice = None, name: str = "data", output_dir: str | os.PathLike = "outputs",
                 data_dir: str | os.PathLike | None = None, workers: int = 1, robustness: bool = False,
                 stability: bool = False, checkpoint_minutes: float = 10.0, verbose: bool = True,
                 **protocol) -> TicketSearch:
     """Iterative magnitude pruning with rewinding, and its controls, on one's own Keras 3 model.
 
-    `model`: a built Sequential or functional classifier ending in logits (its current weights are not used:
-    each trial draws θ0 from the layers' own initializers, seeded by `seed` + trial). `train`, `validation`,
-    `test`: each a pair (x, y) of arrays or a `tf.data.Dataset` of (x, y) pairs, inputs as the model takes them,
-    labels as class indices or one-hot rows (held in memory); or `train` alone names a built-in dataset
-    ('mnist', 'fashion_mnist', 'cifar10'). Without `validation`, 10 % of `train` is held out; without `test`,
-    the validation split is the test split. `strategies`: names or groups of the strategy registry (default:
-    the winning ticket and the paper's two controls). `eval_every` defaults to one epoch; other `Experiment`
-    fields (e.g. `rewind_iteration`, `prune_output`, `warmup_iterations`) go in `protocol`. `layers`: which
-    prunable layers to prune (names or a predicate; default all `Dense` and convolution layers). Results go to
-    `<output_dir>/<name>-<model name>-<hash>/`, the same layout as `run.py`'s, and a call with the same model,
-    data and settings resumes after the last finished round, inside it from a checkpoint that a round in training
-    saves every `checkpoint_minutes` (0: never)."""
+    Args:
+        model: A built Sequential or functional classifier ending in logits (its current weights are not used:
+            each trial draws θ0 from the layers' own initializers, seeded by `seed` + trial).
+        train: A pair (x, y) of arrays or a `tf.data.Dataset` of (x, y) pairs, inputs as the model takes them,
+            labels as class indices or one-hot rows (held in memory); or the name of a built-in dataset
+            ('mnist', 'fashion_mnist', 'cifar10').
+        validation: Like `train`; default: 10 % of `train`, held out.
+        test: Like `train`; default: the validation split.
+        strategies: Names or groups of the strategy registry (default: the winning ticket and the paper's two
+            controls).
+        trials: A number of trials (0 … N−1), or the trials to run (trial t uses seed + t).
+        layers: Which prunable layers to prune (names or a predicate; default all `Dense` and convolution layers).
+        name: The data's name in the run directory's name.
+        output_dir: Where the run directory goes: `<output_dir>/<name>-<model name>-<hash>/`, the layout of
+            `run.py`'s; a call with the same model, data and settings resumes after the last finished round.
+        data_dir: Where the built-in datasets are (as `run.py --data-dir`).
+        workers: Trials side by side on this many local Ray worker processes.
+        robustness: Also score every trained ticket under corruptions and FGSM.
+        stability: Also measure each round's instability (a second copy on another data order).
+        checkpoint_minutes: A round in training saves a checkpoint this often, to resume from (0: never).
+        verbose: Progress bars.
+        **protocol: The protocol's fields (below), each default the ES667 study's value.
+
+    Returns:
+        The run directory and its results, with the paths of the tickets.
+    """
+    unknown = sorted(set(protocol) - set(PROTOCOL))
+    if unknown:
+        raise TypeError(f"find_ticket() got unexpected keyword argument(s) {', '.join(unknown)}; the protocol's "
+                        f"are: {', '.join(PROTOCOL)}")
+    _check_protocol_types(protocol)
     check_cloneable(model, "find_ticket")
     if isinstance(train, str):
         if validation is not None or test is not None:
@@ -120,8 +140,7 @@ def find_ticket(model: keras.Model, train, validation=None, test=None, *,
         dataset = data.own_splits(name, *(_materialise(split, what, rank) for split, what in (
             (train, "the training data"), (validation, "the validation data"), (test, "the test data"))),
             source="tf.data" if isinstance(train, tf.data.Dataset) else "arrays")
-    run = prepare(model, dataset, layers=layers, rounds=rounds, iterations=iterations, batch_size=batch_size,
-                  learning_rate=learning_rate, prune_rate=prune_rate, eval_every=eval_every, seed=seed, **protocol)
+    run = prepare(model, dataset, layers=layers, **protocol)
     options = controller.RunOptions(strategies=(strategies,) if isinstance(strategies, str) else tuple(strategies),
                                     trials=tuple(range(trials)) if isinstance(trials, int) else tuple(trials),
                                     verbose=verbose, workers=workers, robustness=robustness, stability=stability,
@@ -129,6 +148,59 @@ def find_ticket(model: keras.Model, train, validation=None, test=None, *,
     folder = controller.run_experiment(run.experiment, output_dir, data_dir, options, network=run.network,
                                        splits=run.splits)
     return TicketSearch(folder.directory, with_tickets(folder))
+
+
+# The protocol fields `find_ticket` takes as keywords: the declared ones (`config.protocol_options`) but those a
+# model of one's own decides itself.
+PROTOCOL = {name: option for name, option in config.protocol_options().items() if name not in config.OWN_MODEL_KEEPS}
+
+
+# What a protocol keyword of each kind (`config.Option.kind`) must be: the types it accepts, and their name.
+_KIND_TYPES = {"count": (numbers.Integral, "an int"), "natural": (numbers.Integral, "an int"),
+               "integer": (numbers.Integral, "an int"), "positive": (numbers.Real, "a number"),
+               "rate": (numbers.Real, "a number"), "choice": (str, "a str"), "switch": ((bool, np.bool_), "a bool"),
+               "steps": ((list, tuple), "a list of ints")}
+
+
+def _fits_kind(value: object, kind: str) -> bool:
+    accepted, _ = _KIND_TYPES[kind]
+    if kind == "steps":
+        return isinstance(value, accepted) and all(_fits_kind(step, "integer") for step in value)
+    return isinstance(value, accepted) and (kind == "switch" or not isinstance(value, (bool, np.bool_)))
+
+
+def _check_protocol_types(protocol: dict[str, object]) -> None:
+    """A TypeError naming the first protocol keyword whose value is not of its declared kind (None: the default)."""
+    for name, value in protocol.items():
+        kind = PROTOCOL[name].kind
+        if value is not None and not _fits_kind(value, kind):
+            raise TypeError(f"find_ticket(): {name} must be {_KIND_TYPES[kind][1]}, not {type(value).__name__} "
+                            f"{value!r}")
+
+
+def _protocol_defaults() -> dict[str, object]:
+    """Each protocol keyword's default as the ES667 study sets it (an evaluation every epoch)."""
+    fields = {field.name: field.default for field in dataclasses.fields(config.Experiment)}
+    study = config.es667_protocol(train_size=0, augment=False)
+    return {name: "one epoch" if name == "eval_every" else study.get(name, fields.get(name))
+            for name in PROTOCOL if name != "prune_rate"} | {"prune_rate": study["prune_fc"]}
+
+
+def _declare_protocol(function):
+    """Give `function` the protocol's keywords in its signature and its docstring, from the one declaration."""
+    defaults = _protocol_defaults()
+    signature = inspect.signature(function)
+    parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in PROTOCOL]
+    function.__signature__ = signature.replace(parameters=parameters)
+    lines = [textwrap.fill(f"{name}: {option.help[0].upper()}{option.help[1:]} (default: {defaults[name]}).",
+                           width=116, initial_indent=" " * 8, subsequent_indent=" " * 12)
+             for name, option in PROTOCOL.items()]
+    function.__doc__ += "\n    Protocol keywords:\n" + "\n".join(lines) + "\n"
+    return function
+
+
+find_ticket = _declare_protocol(find_ticket)
 
 
 def with_tickets(folder: RunFolder) -> pd.DataFrame:

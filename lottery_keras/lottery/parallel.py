@@ -2,11 +2,12 @@
 existing cluster whose nodes share the run directory's filesystem).
 
 Each trial is one Ray task: a worker process with one TensorFlow thread (on small networks, one single-thread
-worker per core beats one process using every core) takes the driver's data from Ray's object store and runs
-`controller.TrialRun` into the same run folder, with the same layout and finish markers as a serial run, so the
-results are identical and a killed study resumes as usual. A worker that dies costs only its unfinished unit's
-training since its last checkpoint: Ray runs the task again, and it resumes from there. The driver holds the run's lock
-throughout. Ray is imported only here, and only for runs that ask for workers.
+worker per core beats one process using every core) takes the driver's data from Ray's object store and runs the
+trial function the controller gives (`controller.run_trial_in_worker`) into the same run folder, with the same
+layout and finish markers as a serial run, so the results are those of a serial run on one thread and a killed
+study resumes as usual. A worker that dies costs only its unfinished unit's training since its last checkpoint: Ray
+runs the task again, and it resumes from there. The driver holds the run's lock throughout. Ray is imported only
+here, and only for runs that ask for workers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dataclasses
 import os
 import socket
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from lottery_keras.config import Experiment
 
@@ -43,31 +44,18 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
                          "or check --ray-address") from None
 
 
-def _run_trial(experiment: Experiment, run_dir: str, splits, options, names: Sequence[str], trial: int) -> int:
-    """One trial in a worker process (the Ray task)."""
-    from lottery_keras.lottery import controller
-    from lottery_keras.lottery.paths import RunFolder
-    from lottery_keras.train import plan as execution
-
-    plan = execution.decide(experiment.builtin_arch, batch_shards=1, threads=1,
-                            sparse_kernels=None if experiment.precision == "float32" else False)
-    plan = execution.apply_threads(dataclasses.replace(plan, inter_op_threads=1))
-    run = controller.TrialRun(experiment, splits, RunFolder(run_dir), trial,
-                              dataclasses.replace(options, plan=plan, verbose=False))
-    run.run(names)
-    return trial
-
-
-def run_trials(experiment: Experiment, run_dir: os.PathLike, splits, options, names: Sequence[str]) -> None:
-    """Run `options.trials` as parallel Ray tasks (`options.workers` local workers, or the cluster at
-    `options.ray_address`); returns when all have finished, raising the first failure as the worker raised it."""
+def run_trials(run_trial: Callable[..., int], experiment: Experiment, run_dir: os.PathLike, splits, options,
+               names: Sequence[str]) -> None:
+    """Run `run_trial(experiment, run_dir, splits, options, names, trial)` for each of `options.trials` as
+    parallel Ray tasks (`options.workers` local workers, or the cluster at `options.ray_address`); returns when all
+    have finished, raising the first failure as the worker raised it."""
     ray = _ray()
     if options.ray_address:
         _check_reachable(options.ray_address)
     init = dict(address=options.ray_address) if options.ray_address else dict(num_cpus=options.workers)
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **init)
     try:
-        task = ray.remote(num_cpus=1, max_retries=2)(_run_trial)
+        task = ray.remote(num_cpus=1, max_retries=2)(run_trial)
         shared = ray.put(splits)  # once, not once per task
         pending = [task.remote(experiment, str(run_dir), shared, dataclasses.replace(options, plan=None), list(names),
                                trial)

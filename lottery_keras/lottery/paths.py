@@ -4,7 +4,8 @@
         config.json                      the resolved Experiment and its hash
         network.json                     a network of one's own: its masked architecture (`nn/network.py`)
         trial_<t>/theta0.npz             the trial's initial weights θ0 (shared by its strategies)
-        trial_<t>/<strategy>/results.csv one row per finished round (the table reports read)
+        trial_<t>/<strategy>/results.csv one row per finished round (the table reports read; its columns are
+                                         declared in `lottery_keras.columns`)
         trial_<t>/<strategy>/round_<rr>/ one unit of work:
             ticket_init.keras            the ticket: θ_start ⊙ m (θ0 for rewinding strategies)
             ticket_trained.keras         its weights after training
@@ -31,8 +32,9 @@ from typing import Iterator
 
 import pandas as pd
 
+from lottery_keras.columns import check_declared, declared, names, results_columns
 from lottery_keras.config import Experiment
-from lottery_keras.storage import DamagedFileError, read_json, read_npz, write_csv, write_json
+from lottery_keras.storage import DamagedFileError, check_archive, read_json, read_npz, write_csv, write_json
 
 CONFIG = "config.json"
 NETWORK = "network.json"
@@ -50,11 +52,6 @@ COPY_CHECKPOINT = "stability_copy_checkpoint.npz"  # the same for its stability 
 METRICS = "metrics.json"
 REPORT = "report"
 LOCK = ".lock"
-
-RESULT_COLUMNS = ["round", "remaining", "es_iteration", "val_acc", "test_acc", "final_test_acc", "train_acc",
-                  "generalization_gap", "ece", "val_loss", "train_seconds", "diverged"]
-OPTIONAL_COLUMNS = ["corruption_acc", "adversarial_acc", "instability"]  # only where rounds have them (options)
-NUMERIC_COLUMNS = [column for column in RESULT_COLUMNS + OPTIONAL_COLUMNS if column != "diverged"]
 
 
 class RunInUseError(RuntimeError):
@@ -141,6 +138,18 @@ class Unit:
         """Finished, with the masks and trained ticket that later rounds start from."""
         return self.is_finished() and self.masks.is_file() and self.ticket_trained.is_file()
 
+    def check_intact(self) -> None:
+        """Raise DamagedFileError, naming the file and the fix, when the unit's metrics or any of its tickets and
+        masks cannot be read back whole (a run going on from it would otherwise keep or build on a damaged
+        file)."""
+        self.read_metrics()
+        for path in (self.ticket_init, self.ticket_trained, self.masks):
+            if path.is_file():
+                try:
+                    check_archive(path)
+                except DamagedFileError as err:
+                    raise DamagedFileError(f"{err}; {self.redo_hint()}") from None
+
     def redo_hint(self) -> str:
         return f"delete {self.directory} and run the same command again to redo that round"
 
@@ -151,13 +160,21 @@ class Unit:
             raise DamagedFileError(f"{err}; {self.redo_hint()}") from None
         if not isinstance(metrics, dict) or "round" not in metrics:
             raise DamagedFileError(f"{self.metrics} is not a round's metrics; {self.redo_hint()}")
-        wrong = [key for key in NUMERIC_COLUMNS if key in metrics and not _is_number(metrics[key])]
+        wrong = [key for key in _numeric_columns() if key in metrics and not _is_number(metrics[key])]
         if wrong:
             raise DamagedFileError(f"{self.metrics} holds non-numeric {', '.join(wrong)}; {self.redo_hint()}")
         if metrics["round"] != self.round:
             raise DamagedFileError(f"{self.metrics} holds the metrics of round {metrics['round']}, not of its "
                                    f"folder's round {self.round}; {self.redo_hint()}")
         return metrics
+
+    def write_metrics(self, metrics: dict) -> None:
+        """Write the round's results, which must all be declared columns (`columns.check_declared`).
+
+        Args:
+            metrics: The round's metrics, by column name.
+        """
+        write_json(self.metrics, check_declared(metrics, str(self.metrics)))
 
     def read_masks(self) -> dict:
         try:
@@ -327,6 +344,8 @@ class RunFolder:
             round_index = _parse_index(folder.name, "round_")
             if round_index is not None and self.unit(trial, strategy, round_index).is_finished():
                 units.append(self.unit(trial, strategy, round_index))
+        for unit in units:
+            unit.read_metrics()  # every reader (rerun, report, export) refuses a damaged round the same way
         return sorted(units, key=lambda unit: unit.round)
 
     # ------------------------------------------------------------------------------------------ results
@@ -334,15 +353,16 @@ class RunFolder:
     def strategy_results(self, trial: int, strategy: str) -> pd.DataFrame:
         """One row per finished round of one strategy of one trial, ordered by round: the finished units' metrics,
         and the recorded rows of rounds that have no unit folder here."""
-        rows = {unit.round: unit.read_metrics() for unit in self.finished_units(trial, strategy)}
+        rows = {unit.round: check_declared(unit.read_metrics(), str(unit.metrics))
+                for unit in self.finished_units(trial, strategy)}
         recorded = self.results_csv(trial, strategy)
         if recorded.is_file():
             for row in self._read_results_csv(recorded).to_dict("records"):
                 if not self.unit(trial, strategy, int(row["round"])).directory.exists():
                     rows.setdefault(int(row["round"]), row)
-        optional = [column for column in OPTIONAL_COLUMNS if any(column in row for row in rows.values())]
-        table = pd.DataFrame(list(rows.values()), columns=RESULT_COLUMNS + optional)
-        table["diverged"] = table["diverged"].eq(True)  # False in tables from before the flag existed
+        table = pd.DataFrame(list(rows.values()), columns=results_columns(key for row in rows.values() for key in row))
+        for flag in [name for name in names(declared(kind="flag")) if name in table]:
+            table[flag] = table[flag].eq(True)  # False in tables from before the flag existed
         return table.sort_values("round", ignore_index=True).astype({"round": int})
 
     @staticmethod
@@ -355,7 +375,8 @@ class RunFolder:
         if "round" not in table:
             raise DamagedFileError(f"{path} is not a results table (no 'round' column); restore it from git, or "
                                    "delete it to rebuild it from the round folders beside it")
-        wrong = [column for column in NUMERIC_COLUMNS
+        check_declared(dict.fromkeys(table.columns), str(path))
+        wrong = [column for column in _numeric_columns()
                  if column in table and not pd.api.types.is_numeric_dtype(table[column])]
         if wrong:
             raise DamagedFileError(f"{path} holds non-numeric values in {', '.join(wrong)}; restore it from git, or "
@@ -385,7 +406,7 @@ class RunFolder:
                 frames.append(frame)
         frames = [frame for frame in frames if not frame.empty]
         if not frames:
-            return pd.DataFrame(columns=["trial", "strategy", *RESULT_COLUMNS])
+            return pd.DataFrame(columns=["trial", "strategy", *results_columns()])
         return pd.concat(frames, ignore_index=True)
 
     def robustness(self) -> pd.DataFrame:
@@ -406,6 +427,10 @@ class RunFolder:
         units = [self.unit(trial, strategy, round_index) for trial in self.trials()]
         return [unit.read_history() for unit in units
                 if unit.is_finished() and unit.history.is_file() and not unit.read_metrics().get("diverged")]
+
+
+def _numeric_columns() -> list[str]:
+    return names(declared(kind="number"))
 
 
 def _is_number(value) -> bool:

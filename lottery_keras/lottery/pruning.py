@@ -8,6 +8,10 @@ broken by position), so a layer never loses more than asked and never its last w
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import warnings
+
 import numpy as np
 
 Masks = dict[str, np.ndarray]
@@ -23,8 +27,18 @@ def target_sparsity(rate: float, prunings: int) -> float:
     return 1.0 - (1.0 - rate) ** prunings
 
 
-def _keep_largest(scores: np.ndarray, mask: np.ndarray, keep: int) -> np.ndarray:
-    """A mask keeping the `keep` highest-scoring surviving positions (stable order breaks ties)."""
+def keep_largest(scores: np.ndarray, mask: np.ndarray, keep: int) -> np.ndarray:
+    """A mask keeping the `keep` highest-scoring surviving positions: pruned positions never come back, whatever
+    their score.
+
+    Args:
+        scores: One score per position, shaped like `mask`.
+        mask: The current binary mask (nonzero: surviving).
+        keep: How many surviving positions to keep (at most the number that survive).
+
+    Returns:
+        A float32 mask shaped like `mask`; ties keep the earlier position in flat order.
+    """
     flat_mask = mask.reshape(-1).astype(bool)
     surviving = np.flatnonzero(flat_mask)
     if keep > surviving.size:
@@ -42,12 +56,12 @@ def layerwise_counts(masks: Masks, rates: dict[str, float], prunings: int) -> di
 
 def magnitude_prune(weights: Weights, masks: Masks, counts: dict[str, int]) -> Masks:
     """Each layer keeps its `counts[name]` largest-magnitude surviving weights."""
-    return {name: _keep_largest(np.abs(weights[name]), mask, counts[name]) for name, mask in masks.items()}
+    return {name: keep_largest(np.abs(weights[name]), mask, counts[name]) for name, mask in masks.items()}
 
 
 def random_prune(masks: Masks, counts: dict[str, int], rng: np.random.Generator) -> Masks:
     """Like `magnitude_prune` with random scores: the same per-layer counts, positions independent of weights."""
-    return {name: _keep_largest(rng.random(mask.shape), mask, counts[name]) for name, mask in masks.items()}
+    return {name: keep_largest(rng.random(mask.shape), mask, counts[name]) for name, mask in masks.items()}
 
 
 def global_magnitude_prune(weights: Weights, masks: Masks, rate: float, prunings: int) -> Masks:
@@ -59,7 +73,7 @@ def global_magnitude_prune(weights: Weights, masks: Masks, rate: float, prunings
         surviving = np.flatnonzero(masks[name].reshape(-1))
         score[surviving[np.argmax(score[surviving])]] = np.inf
     keep = max(target_count(total, rate, prunings), len(names))
-    flat = _keep_largest(np.concatenate(scores), np.concatenate([masks[n].reshape(-1) for n in names]), keep)
+    flat = keep_largest(np.concatenate(scores), np.concatenate([masks[n].reshape(-1) for n in names]), keep)
     bounds = np.cumsum([0] + [masks[name].size for name in names])
     return {name: flat[bounds[i]:bounds[i + 1]].reshape(masks[name].shape) for i, name in enumerate(names)}
 
@@ -129,12 +143,25 @@ def tfmot_magnitude_mask(weights: np.ndarray, sparsity: float) -> np.ndarray:
     return pruning._update_mask(tf.constant(weights, tf.float32))[1].numpy()
 
 
+@functools.cache
+def tfmot_available() -> bool:
+    """Whether tensorflow-model-optimization (and the tf-keras it needs) can be imported."""
+    return importlib.util.find_spec("tensorflow_model_optimization") is not None and \
+        importlib.util.find_spec("tf_keras") is not None
+
+
 def check_against_tfmot(name: str, old_mask: np.ndarray, new_mask: np.ndarray, rate: float, prunings: int,
                         weights: np.ndarray | None = None) -> None:
     """Raise `PruningCrossCheckError` unless `new_mask` keeps the count tfmot's schedule targets and, given the
-    trained `weights` (magnitude pruning), the weights tfmot's magnitude threshold keeps (ties aside)."""
+    trained `weights` (magnitude pruning), the weights tfmot's magnitude threshold keeps (ties aside). Without
+    tensorflow-model-optimization installed (the `tfmot` extra) only the first check runs, and a warning says
+    so once."""
     if np.any(new_mask > old_mask):
         raise PruningCrossCheckError(f"layer {name}: the new mask revives pruned weights")
+    if not tfmot_available():
+        warnings.warn("tensorflow-model-optimization is not installed, so masks are not cross-checked against its "
+                      "schedules: pip install 'lottery_keras[tfmot]', or pass --no-tfmot-check", stacklevel=2)
+        return
     sparsity = tfmot_schedule_sparsity(rate, prunings)
     kept, schedule_count = int(new_mask.sum()), max(1, int(round(new_mask.size * (1.0 - sparsity))))
     exact = new_mask.size * (1.0 - rate) ** prunings

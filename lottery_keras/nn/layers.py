@@ -1,122 +1,94 @@
-"""Masked layers: a dense and a 2-D convolution layer whose binary mask is a non-trainable variable, and a wrapper
-that masks the kernel of a standard Keras layer (for models of one's own, `nn/network.py`).
+"""Masked layers: Keras's `Dense` and `Conv2D` with a binary mask on the kernel as a non-trainable variable, and
+a wrapper that masks the kernel of a standard Keras layer (for models of one's own, `nn/network.py`).
 
 Invariant: `kernel == kernel * mask` at all times outside an optimizer step. The model's `train_step` restores it
-after every update (`apply_mask`), and rewinding sets masked weights directly, so the forward pass reads the
-kernel as it is and pays for no extra multiply.
+after every update (`apply_mask`), and rewinding sets masked weights directly, so the forward pass is the Keras
+layer's own: it reads the kernel as it is and pays for no extra multiply.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 
 class MaskedLayer(keras.layers.Layer):
-    """Common mask handling; subclasses create `self.kernel` and call `_add_mask` in `build`.
+    """Mask handling for a layer with a `kernel` variable: `build` builds the layer, then adds its mask.
 
-    `kind` names the layer's pruning-rate family ('fc' or 'conv'); a model declares which layer is its output
-    layer, the third family.
+    Listed before a Keras layer class among the bases (`class MaskedDense(MaskedLayer, keras.layers.Dense)`), so
+    that the layer keeps its own arguments, variables and forward pass. `kind` names the layer's pruning-rate
+    family ('fc' or 'conv'); a model declares which layer is its output layer, the third family. LoRA and
+    quantization replace the kernel variable that the mask prunes, so masked layers refuse them.
     """
 
     kind: str
     kernel: keras.Variable
     mask: keras.Variable
 
-    def _add_mask(self) -> None:
+    def build(self, input_shape):
+        if self.quantization_mode is not None:
+            raise _unsupported(self, f"quantized dtype policy ({self.quantization_mode})")
+        super().build(input_shape)
         self.mask = self.add_weight(name="mask", shape=self.kernel.shape, initializer="ones", trainable=False)
 
     def apply_mask(self) -> None:
         """Zero the kernel wherever the mask is zero (runs on the device, inside compiled steps)."""
         self.kernel.assign(self.kernel * self.mask)
 
+    def save_own_variables(self, store):
+        """Save every variable in creation order, the mask included (kernel, bias, mask): Keras's `Dense` and
+        `Conv2D` would save their kernel and bias only."""
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def enable_lora(self, *args, **kwargs):
+        raise _unsupported(self, "LoRA")
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        raise _unsupported(self, "quantization")
+
+
+def _unsupported(layer: keras.layers.Layer, feature: str) -> NotImplementedError:
+    return NotImplementedError(f"layer {layer.name} ({type(layer).__name__}) is masked: {feature} would replace "
+                               "the kernel variable its mask prunes")
+
 
 @keras.saving.register_keras_serializable(package="lottery_keras")
-class MaskedDense(MaskedLayer):
-    """`Dense` with a pruning mask on its kernel."""
+class MaskedDense(MaskedLayer, keras.layers.Dense):
+    """`keras.layers.Dense` with a pruning mask on its kernel (a non-trainable variable `mask`, ones at build).
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        activation: Activation function to use (default: none).
+        use_bias: Whether the layer adds a bias vector (never masked).
+        kernel_initializer: Initializer for the kernel (Keras's default: "glorot_uniform").
+        bias_initializer: Initializer for the bias.
+        **kwargs: Every other argument of `keras.layers.Dense` (regularizers, constraints, `name`, `dtype`...),
+            except `lora_rank` and a quantized `dtype`.
+    """
 
     kind = "fc"
 
-    def __init__(self, units: int, activation=None, kernel_initializer="glorot_normal",
-                 bias_initializer="zeros", **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.activation = keras.activations.get(activation)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                      initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
-        self._add_mask()
-
-    def call(self, inputs):
-        return self.activation(ops.matmul(inputs, self.kernel) + self.bias)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.units)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "units": self.units,
-            "activation": keras.activations.serialize(self.activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-        }
-
 
 @keras.saving.register_keras_serializable(package="lottery_keras")
-class MaskedConv2D(MaskedLayer):
-    """`Conv2D` (channels last, square kernel and stride) with a pruning mask on its kernel."""
+class MaskedConv2D(MaskedLayer, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with a pruning mask on its kernel (a non-trainable variable `mask`, ones at build).
+
+    Args:
+        filters: Number of output channels.
+        kernel_size: Int or tuple of 2 ints, the height and width of the kernel.
+        strides: Int or tuple of 2 ints, the stride along height and width.
+        padding: "valid" or "same".
+        activation: Activation function to use (default: none).
+        use_bias: Whether the layer adds a bias vector (never masked).
+        kernel_initializer: Initializer for the kernel (Keras's default: "glorot_uniform").
+        bias_initializer: Initializer for the bias.
+        **kwargs: Every other argument of `keras.layers.Conv2D` (`data_format`, `dilation_rate`, `groups`,
+            regularizers, constraints, `name`, `dtype`...), except `lora_rank` and a quantized `dtype`.
+    """
 
     kind = "conv"
-
-    def __init__(self, filters: int, kernel_size: int, padding: str = "valid", activation=None,
-                 kernel_initializer="glorot_normal", bias_initializer="zeros", strides: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        if padding not in ("valid", "same"):
-            raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.padding = padding
-        self.activation = keras.activations.get(activation)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-
-    def build(self, input_shape):
-        shape = (self.kernel_size, self.kernel_size, input_shape[-1], self.filters)
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
-        self._add_mask()
-
-    def call(self, inputs):
-        return self.activation(ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding) + self.bias)
-
-    def compute_output_shape(self, input_shape):
-        height, width = (self._output_size(size) for size in input_shape[1:3])
-        return (input_shape[0], height, width, self.filters)
-
-    def _output_size(self, size: int | None) -> int | None:
-        if size is None:
-            return None
-        if self.padding == "same":
-            return -(-size // self.strides)
-        return (size - self.kernel_size) // self.strides + 1
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "activation": keras.activations.serialize(self.activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-        }
 
 
 # The standard Keras layers a wrapper can mask, and each one's pruning-rate family. Exact types only: a subclass may
@@ -156,17 +128,11 @@ class MaskedWrapper(MaskedLayer, keras.layers.Wrapper):
 
     @property
     def bias(self) -> keras.Variable | None:
-        return self.layer.bias if self.layer.use_bias else None
+        return self.layer.bias
 
     @property
     def activation(self):
         return self.layer.activation
-
-    def build(self, input_shape):
-        if not self.layer.built:
-            self.layer.build(input_shape)
-        self._add_mask()
-        self.built = True
 
     def call(self, inputs, *args, **kwargs):
         return self.layer(inputs, *args, **kwargs)

@@ -10,13 +10,12 @@ models with Keras, so `keras.models.load_model` opens saved tickets.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import importlib
 
 import keras
 import numpy as np
 
 from lottery_keras import catalog
-from lottery_keras.nn.conv_pool import conv_relu_pool
 from lottery_keras.nn.layers import MaskedConv2D, MaskedDense, MaskedLayer
 
 INITIALIZERS = {
@@ -46,7 +45,7 @@ class MaskedModel(keras.Model):
     """Base class: masked-layer bookkeeping, the masked training step, and the model's `Execution`.
 
     Subclasses define the network in two parts, `features` (the convolutional trunk, ending in a flat vector per
-    sample) and `classify` (the dense head), name their output layer `out` and their architecture `arch`. `call`
+    sample) and `classify` (the dense head) and name their output layer `out`. `call`
     runs `features` on `execution.batch_shards` consecutive parts of the batch and concatenates the results: the
     parts are independent chains of operations, so TensorFlow's inter-op threads run them on different cores at
     once. The head runs once on the whole batch: its matrix products are small, and splitting them would only add
@@ -55,7 +54,6 @@ class MaskedModel(keras.Model):
     CPU kernels of `conv_pool.py` (same results up to float summation order).
     """
 
-    arch: str | None = None
     out: MaskedLayer
 
     def __init__(self, num_classes: int = 10, init: str = "glorot_normal", seed: int | None = None,
@@ -66,6 +64,11 @@ class MaskedModel(keras.Model):
         self.seed = seed
         self.execution = execution or Execution()
         self._layer_count = 0
+
+    @property
+    def arch(self) -> str | None:
+        """The registry name of the architecture this model is (`build_model` names a model by it), else None."""
+        return self.name if self.name in catalog.architectures() else None
 
     def _kernel_init(self):
         self._layer_count += 1
@@ -99,10 +102,16 @@ class MaskedModel(keras.Model):
         return self.out(x)
 
     def conv_pool(self, conv: MaskedConv2D, x):
-        """`self.pool(conv(x))` for a ReLU convolution: the fused kernels when the execution asks for them (and the
-        layer is built, has stride 1 and computes in float32, which the kernels require), else the layers."""
-        if (self.execution.fused_conv_pool and conv.built and conv.strides == 1
-                and conv.compute_dtype == "float32"):
+        """`self.pool(conv(x))`: the fused kernels when the execution asks for them and the convolution is one they
+        compute (built, float32, channels last, a square kernel, stride and dilation 1, one group, a bias, ReLU),
+        else the layers."""
+        fusable = (conv.built and conv.compute_dtype == "float32" and conv.data_format == "channels_last"
+                   and conv.kernel_size[0] == conv.kernel_size[1] and conv.strides == (1, 1)
+                   and conv.dilation_rate == (1, 1) and conv.groups == 1 and conv.use_bias
+                   and conv.activation is keras.activations.relu)
+        if self.execution.fused_conv_pool and fusable:
+            from lottery_keras.nn.conv_pool import conv_relu_pool  # TensorFlow's custom operations
+
             return conv_relu_pool(x, conv.kernel.value, conv.bias.value, conv.padding)
         return self.pool(conv(x))
 
@@ -154,15 +163,14 @@ class MaskedModel(keras.Model):
 class LeNetFC(MaskedModel):
     """LeNet-300-100: a fully-connected 784-300-100-10 ReLU network."""
 
-    arch = "lenet300_100"
 
     def __init__(self, hidden: tuple[int, ...] = (300, 100), **kwargs):
         super().__init__(**kwargs)
         self.hidden = tuple(hidden)
         self.flatten = keras.layers.Flatten()
-        self.fc = [MaskedDense(units, "relu", self._kernel_init(), name=f"fc{i + 1}")
+        self.fc = [MaskedDense(units, activation="relu", kernel_initializer=self._kernel_init(), name=f"fc{i + 1}")
                    for i, units in enumerate(self.hidden)]
-        self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
+        self.out = MaskedDense(self.num_classes, kernel_initializer=self._kernel_init(), name="output")
 
     def features(self, x):
         return self.flatten(x)
@@ -175,17 +183,17 @@ class LeNetFC(MaskedModel):
 class LeNet5(MaskedModel):
     """LeNet-5: conv 6@5×5 (same) → pool → conv 16@5×5 → pool → fc 120 → 84 → 10 (61,470 weights on 28×28)."""
 
-    arch = "lenet5"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = MaskedConv2D(6, 5, "same", "relu", self._kernel_init(), name="conv1")
-        self.conv2 = MaskedConv2D(16, 5, "valid", "relu", self._kernel_init(), name="conv2")
+        self.conv1 = MaskedConv2D(6, 5, padding="same", activation="relu", kernel_initializer=self._kernel_init(),
+                                  name="conv1")
+        self.conv2 = MaskedConv2D(16, 5, activation="relu", kernel_initializer=self._kernel_init(), name="conv2")
         self.pool = keras.layers.MaxPooling2D(2)
         self.flatten = keras.layers.Flatten()
-        self.fc1 = MaskedDense(120, "relu", self._kernel_init(), name="fc1")
-        self.fc2 = MaskedDense(84, "relu", self._kernel_init(), name="fc2")
-        self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
+        self.fc1 = MaskedDense(120, activation="relu", kernel_initializer=self._kernel_init(), name="fc1")
+        self.fc2 = MaskedDense(84, activation="relu", kernel_initializer=self._kernel_init(), name="fc2")
+        self.out = MaskedDense(self.num_classes, kernel_initializer=self._kernel_init(), name="output")
 
     def features(self, x):
         return self.flatten(self.conv_pool(self.conv2, self.conv_pool(self.conv1, x)))
@@ -205,16 +213,14 @@ class ConvNet(MaskedModel):
             raise ValueError(f"ConvNet depth must be 2, 4 or 6, not {depth}")
         self.depth = depth
         filters = [64, 64, 128, 128, 256, 256][:depth]
-        self.convs = [MaskedConv2D(f, 3, "same", "relu", self._kernel_init(), name=f"conv{i + 1}")
+        self.convs = [MaskedConv2D(f, 3, padding="same", activation="relu", kernel_initializer=self._kernel_init(),
+                                   name=f"conv{i + 1}")
                       for i, f in enumerate(filters)]
         self.pool = keras.layers.MaxPooling2D(2)
         self.flatten = keras.layers.Flatten()
-        self.fc = [MaskedDense(256, "relu", self._kernel_init(), name=f"fc{i + 1}") for i in range(2)]
-        self.out = MaskedDense(self.num_classes, None, self._kernel_init(), name="output")
-
-    @property
-    def arch(self) -> str:
-        return f"conv{self.depth}"
+        self.fc = [MaskedDense(256, activation="relu", kernel_initializer=self._kernel_init(), name=f"fc{i + 1}")
+                   for i in range(2)]
+        self.out = MaskedDense(self.num_classes, kernel_initializer=self._kernel_init(), name="output")
 
     def features(self, x):
         for i in range(0, self.depth, 2):
@@ -225,35 +231,37 @@ class ConvNet(MaskedModel):
         return {**super().get_config(), "depth": self.depth}
 
 
-ARCHITECTURES: dict[str, Callable[..., MaskedModel]] = {
-    "lenet300_100": LeNetFC,
-    "lenet5": LeNet5,
-    "conv2": lambda **kw: ConvNet(depth=2, **kw),
-    "conv4": lambda **kw: ConvNet(depth=4, **kw),
-    "conv6": lambda **kw: ConvNet(depth=6, **kw),
-}
-
-# The smallest image height and width each convolutional architecture's pooling leaves at least 1×1.
-MIN_IMAGE_SIDE = {"lenet5": 12, "conv2": 2, "conv4": 4, "conv6": 8}
-
-
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int = 10, init: str = "glorot_normal",
                 seed: int | None = None, precision: str = "float32",
                 execution: Execution | None = None) -> MaskedModel:
-    """Create an architecture by name (`catalog.ARCHITECTURES`) and build its variables (θ0 is drawn here, from
-    `seed`).
+    """Create a registered architecture by name (`catalog.architectures()`) and build its variables (θ0 is drawn
+    here, from `seed`).
 
     `precision="bfloat16"` computes in bfloat16 with float32 variables (Keras's "mixed_bfloat16" policy);
     `execution` says how the forward pass runs (`train.plan.ExecutionPlan.model_execution`).
     """
     if precision not in catalog.PRECISION_POLICIES:
         raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(catalog.PRECISIONS)}")
-    name = catalog.canonical_arch(arch)
+    spec = catalog.architecture(arch)
+    model_class = _model_class(spec)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(catalog.PRECISION_POLICIES[precision])  # sublayers take it at construction
     try:
-        model = ARCHITECTURES[name](num_classes=num_classes, init=init, seed=seed, execution=execution, name=name)
+        model = model_class(num_classes=num_classes, init=init, seed=seed, execution=execution, name=spec.name,
+                            **spec.model_args)
         model.build((None, *input_shape))
     finally:
         keras.config.set_dtype_policy(previous)
+    kinds = tuple(model.layer_kinds().values())
+    if kinds != spec.layer_kinds:
+        raise ValueError(f"architecture {spec.name} declares layer kinds {spec.layer_kinds}, but its model builds "
+                         f"{kinds}: correct its ArchitectureSpec")
     return model
+
+
+def _model_class(spec: catalog.ArchitectureSpec) -> type[MaskedModel]:
+    module, _, name = spec.model.partition(":")
+    model_class = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, MaskedModel)):
+        raise ValueError(f"architecture {spec.name}: {spec.model} is not a MaskedModel subclass")
+    return model_class

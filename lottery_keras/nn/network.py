@@ -126,31 +126,42 @@ def clone_with_weights(model: keras.Model, replace: Callable[[keras.layers.Layer
     return cloned
 
 
-def chosen_layers(model: keras.Model, layers: LayerChoice) -> list[str]:
-    """The names of the prunable layers of `model` that `layers` (names, one name, a predicate, or None for all)
-    chooses; a NetworkError for unknown or unprunable names, or when nothing is left to prune."""
+def chosen_layers(model: keras.Model, layers: LayerChoice, candidates: list[keras.layers.Layer] | None = None,
+                  prunable: Callable[[keras.layers.Layer], bool] = is_prunable,
+                  prunable_hint: str = f"prunable layers are {prunable_names()}") -> list[str]:
+    """The names of the `prunable` layers among `candidates` (default: the model's layers) that `layers` chooses
+    (names, one name, a predicate, or None for all); a NetworkError for unknown or unprunable names, or when none
+    is left. `prunable_hint` says what can be pruned."""
+    candidates = list(model.layers) if candidates is None else candidates
+    if layers is not None and not (callable(layers) or isinstance(layers, str) or _all_strings(layers)):
+        raise NetworkError(f"layers must be layer names, one name or a predicate, not {layers!r}")
     if layers is None or callable(layers):
         choose = layers or (lambda layer: True)
     else:
         names = {layers} if isinstance(layers, str) else set(layers)
-        by_name = {layer.name: layer for layer in model.layers}
+        by_name = {layer.name: layer for layer in candidates}
         unknown = sorted(names - set(by_name))
         if unknown:
             raise NetworkError(f"no layer named {', '.join(unknown)} in model {model.name}")
         unprunable = [f"{name} ({type(by_name[name]).__name__})" for name in sorted(names)
-                      if not is_prunable(by_name[name])]
+                      if not prunable(by_name[name])]
         if unprunable:
-            raise NetworkError(f"cannot prune {', '.join(unprunable)}; prunable layers are "
-                               f"{prunable_names()}")
+            raise NetworkError(f"cannot prune {', '.join(unprunable)}; {prunable_hint}")
 
         def choose(layer: keras.layers.Layer) -> bool:
             return layer.name in names
-    wanted = [layer.name for layer in model.layers if is_prunable(layer) and choose(layer)]
+    wanted = [layer.name for layer in candidates if prunable(layer) and choose(layer)]
     if not wanted:
-        raise NetworkError(f"model {model.name} has no layer to prune: prunable layers are "
-                           f"{prunable_names()}" + (" (and `layers` chose none of them)" if layers is not None
-                                                    else ""))
+        raise NetworkError(f"model {model.name} has no layer to prune: {prunable_hint}"
+                           + (" (and `layers` chose none of them)" if layers is not None else ""))
     return wanted
+
+
+def _all_strings(values: Any) -> bool:
+    try:
+        return all(isinstance(value, str) for value in values)
+    except TypeError:
+        return False
 
 
 def _fresh(layer: keras.layers.Layer) -> keras.layers.Layer:

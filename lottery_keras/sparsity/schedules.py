@@ -73,6 +73,9 @@ class PolynomialDecay(PruningSchedule):
         super().__init__(begin_step, end_step, frequency)
         _check_sparsity("initial_sparsity", initial_sparsity)
         _check_sparsity("final_sparsity", final_sparsity)
+        if final_sparsity < initial_sparsity:
+            raise ValueError(f"final_sparsity {final_sparsity} is below initial_sparsity {initial_sparsity}: pruned "
+                             "weights stay pruned, so sparsity can only grow")
         self.initial_sparsity, self.final_sparsity, self.power = initial_sparsity, final_sparsity, power
 
     def sparsity(self, step: int) -> float:

@@ -12,21 +12,24 @@ import keras
 import numpy as np
 import pandas as pd
 
+from lottery_keras.columns import check_filled, unmeasured
 from lottery_keras.train.evaluation import SplitEvaluator, accuracy, expected_calibration_error, softmax
 
 
 DIVERGED_LOSS = 100.0  # validation cross-entropy far beyond chance (ln 10 ≈ 2.3): the weights have blown up
+RECORDED = ("training", "test")  # the evaluations whose result columns (`lottery_keras.columns`) it fills
 
 
 class EarlyStopRecorder(keras.callbacks.Callback):
     """Evaluates every `eval_every` iterations, records the iteration of minimum validation loss and keeps the
     weights of that iteration.
 
-    At the end of training `result` holds: `es_iteration`, `val_loss`, `val_acc`, `test_acc` (of the kept
-    weights), `final_test_acc`, `train_acc` (kept weights, training split), `ece` (kept weights, test split),
-    all accuracies in percent, and `diverged`; `history` holds one row per evaluation, for learning curves. The
-    test split is evaluated at every evaluation when `test_every_eval` (curves), else only for the kept and final
-    weights. With `iteration_offset` K (training resumed from step K) recorded iterations count from K.
+    At the end of training `result` holds the result columns of the `RECORDED` evaluations: `es_iteration`,
+    `val_loss`, `val_acc`, `test_acc` (of the kept weights), `final_test_acc`, `train_acc` (kept weights, training
+    split), `ece` (kept weights, test split), all accuracies in percent, and `diverged`; `history` holds one row
+    per evaluation, for learning curves. The test split is evaluated at every evaluation when `test_every_eval`
+    (curves), else only for the kept and final weights. With `iteration_offset` K (training resumed from step K)
+    recorded iterations count from K.
     Training *diverged* when a validation loss is not finite or exceeds `DIVERGED_LOSS`: it is stopped
     there, and its numbers (NaN where no evaluation was finite) are not results. An `evaluator` of the trained
     model over the same splits is used instead of a new one, so that many trainings share its compiled graphs.
@@ -78,9 +81,8 @@ class EarlyStopRecorder(keras.callbacks.Callback):
             raise RuntimeError("training ended before the first evaluation; nothing was recorded")
         final_test = self.history[-1] if self.test_every_eval else self._evaluator.metrics("test")
         if self.best_weights is None:  # no finite evaluation: nothing to keep
-            self.result = {"es_iteration": math.nan, "val_loss": math.nan, "val_acc": math.nan,
-                           "test_acc": math.nan, "final_test_acc": final_test["test_acc"], "train_acc": math.nan,
-                           "ece": math.nan, "diverged": True}
+            self.result = check_filled({**unmeasured(RECORDED), "final_test_acc": final_test["test_acc"],
+                                        "diverged": True}, RECORDED, "EarlyStopRecorder.result")
             return
         best = min((r for r in self.history if math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
         final_weights = self.model.get_weights()
@@ -91,12 +93,12 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         finally:
             self.model.set_weights(final_weights)
         test_labels = self._evaluator.labels["test"]
-        self.result = {
+        self.result = check_filled({
             "es_iteration": best["iteration"], "val_loss": best["val_loss"], "val_acc": best["val_acc"],
             "test_acc": accuracy(test_logits, test_labels), "final_test_acc": final_test["test_acc"],
             "train_acc": train_acc, "ece": expected_calibration_error(softmax(test_logits), test_labels),
             "diverged": self.diverged,
-        }
+        }, RECORDED, "EarlyStopRecorder.result")
 
     def history_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)

@@ -2,9 +2,10 @@
 
 One frozen `ExecutionPlan` holds the training loop (compiled, or stock `keras.Model.fit`), XLA compilation, the
 fused conv-pool kernels, the sparse kernels, batch shards and TensorFlow's thread pools. `decide` makes it once,
-from the architecture, the device and the user's overrides, using the tables below of what measured faster
-(`benchmarks/bench_train.py`; figures in benchmarks/README.md). The CLI prints it, the controller carries it in
-its run options, `build_model` takes its `model_execution`, and the trainer runs it.
+from the architecture, the device and the user's overrides, using what measured faster for the architecture (its
+spec's `fast_paths` in `catalog.py`; `benchmarks/bench_train.py`, figures in benchmarks/README.md). The CLI
+prints it, the controller carries it in its run options, `build_model` takes its `model_execution`, and the
+trainer runs it.
 
 Thread pools are process-wide and fixed once TensorFlow's runtime starts, so `apply_threads` must run before the
 first TensorFlow operation (the CLI calls it first thing); it returns the plan actually in effect, which shards
@@ -24,18 +25,15 @@ from lottery_keras.nn.models import Execution
 
 LOOPS = ("compiled", "keras")
 
-# What measured faster, per device. XLA pays where per-operation overhead dominates (small dense networks); on CPU
-# oneDNN's convolutions beat XLA's, and XLA cannot compile the fused kernels (custom operations), which exist for
-# CPU only. Batch shards pay on 2-core CPUs for LeNet-5, whose convolutions are too small for intra-op threads;
-# Conv-6 and the XLA-compiled LeNet-300-100 do better with TensorFlow's own intra-op parallelism.
-JIT_ARCHS = {"cpu": frozenset({"lenet300_100"})}  # on GPU: every architecture
-FUSED_ARCHS = {"cpu": frozenset({"lenet5"}), "gpu": frozenset()}
-SHARDED_ARCHS = {"cpu": frozenset({"lenet5"}), "gpu": frozenset()}
-MEASURED_CORES = 2  # the core count the shard table was measured on
+# What measured faster is declared per architecture (`catalog.ArchitectureSpec.fast_paths`): XLA pays where
+# per-operation overhead dominates (small dense networks); on CPU oneDNN's convolutions beat XLA's, and XLA cannot
+# compile the fused kernels (custom operations), which exist for CPU only. Batch shards pay on 2-core CPUs for
+# LeNet-5, whose convolutions are too small for intra-op threads; Conv-6 and the XLA-compiled LeNet-300-100 do
+# better with TensorFlow's own intra-op parallelism. On GPU every network is XLA-compiled.
+MEASURED_CORES = 2  # the core count the shard choices were measured on
 # The sparse kernels (`train/sparse.py`) train masked MLPs at a cost that follows the surviving weights; a round
 # runs on them when its network's density is below the crossover measured on the project's CPUs (it moves with
 # how fast the machine's dense path is; benchmarks/bench_sparse.py, figures in benchmarks/README.md).
-SPARSE_ARCHS = {"cpu": frozenset({"lenet300_100"}), "gpu": frozenset()}
 SPARSE_BELOW_PERCENT = 15.0
 
 
@@ -102,34 +100,42 @@ def current_device() -> str:
 def decide(arch: str | None, *, device: str | None = None, loop: str = "compiled", jit_compile: bool | None = None,
            fused_kernels: bool | None = None, sparse_kernels: bool | None = None, batch_shards: int | None = None,
            threads: int | None = None) -> ExecutionPlan:
-    """The plan for training `arch` (a `catalog.ARCHITECTURES` name; None for a model of one's own) on `device`
-    (default: this machine's): the tables' choices, each replaced by the argument that names it when given.
-    `threads` is the intra-op pool size. Raises ValueError for impossible combinations."""
-    arch = catalog.ARCH_ALIASES.get(arch.lower(), arch.lower()) if arch else None
+    """The plan for training `arch` (a registered architecture's name; None for a model of one's own) on `device`
+    (default: this machine's): the fast paths its spec declares, each replaced by the argument that names it when
+    given. `threads` is the intra-op pool size. Raises ValueError for impossible combinations."""
+    spec = catalog.architecture(arch) if arch else None
     device = device or current_device()
-    jit = (arch in JIT_ARCHS["cpu"] if device == "cpu" else True) if jit_compile is None else jit_compile
+
+    def fast(path: str) -> bool:
+        return spec is not None and spec.runs_fast_path(path, device)
+
+    jit = (fast("jit") if device == "cpu" else True) if jit_compile is None else jit_compile
     if loop == "keras":
         if jit_compile:
             raise ValueError("XLA compilation is a choice of the compiled loop; stock fit keeps Keras's own")
         jit = False
     if fused_kernels is None:
-        fused_kernels = loop == "compiled" and not jit and arch in FUSED_ARCHS[device] and native.available()
+        fused_kernels = loop == "compiled" and not jit and fast("fused") and native.available()
     elif fused_kernels and not native.available():
         raise ValueError("the fused conv-pool kernels could not be built here (see the warning above); "
                          "run without them")
     if sparse_kernels is None:
-        sparse_kernels = loop == "compiled" and arch in SPARSE_ARCHS[device] and native.available()
-    elif sparse_kernels and (arch not in SPARSE_ARCHS[device] or not native.available()):
-        raise ValueError(f"the sparse kernels train {', '.join(sorted(SPARSE_ARCHS['cpu']))} on CPU, where the "
-                         "native kernels build; run without them")
+        sparse_kernels = loop == "compiled" and fast("sparse") and native.available()
+    elif sparse_kernels and (not fast("sparse") or not native.available()):
+        raise ValueError(f"the sparse kernels train {', '.join(_with_fast_path('sparse', 'cpu'))} on CPU, where "
+                         "the native kernels build; run without them")
     if batch_shards is None:
-        batch_shards = MEASURED_CORES if arch in SHARDED_ARCHS[device] and cpu_cores() == MEASURED_CORES else 1
+        batch_shards = MEASURED_CORES if fast("sharded") and cpu_cores() == MEASURED_CORES else 1
     intra, inter = threads, None
     if batch_shards > 1:  # the shards' operations run single-threaded, side by side on the inter-op pool
         intra, inter = threads or 1, batch_shards
     return ExecutionPlan(device=device, loop=loop, jit_compile=jit, fused_kernels=fused_kernels,
                          sparse_kernels=sparse_kernels, batch_shards=batch_shards, intra_op_threads=intra,
                          inter_op_threads=inter)
+
+
+def _with_fast_path(path: str, device: str) -> list[str]:
+    return [name for name in catalog.architectures() if catalog.architecture(name).runs_fast_path(path, device)]
 
 
 def _pools_match(plan: ExecutionPlan) -> bool:

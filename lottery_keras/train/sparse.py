@@ -53,7 +53,7 @@ class SparseLayer:
 def supports(model: MaskedModel) -> bool:
     """Whether the model is a masked ReLU MLP on flattened float32 inputs (what the kernels compute)."""
     layers = model.masked_layers()
-    return (model.arch == "lenet300_100" and model.dtype_policy.compute_dtype == "float32"
+    return (all(layer.kind == "fc" for layer in layers) and model.dtype_policy.compute_dtype == "float32"
             and [layer.activation.__name__ for layer in layers] == ["relu"] * (len(layers) - 1) + ["linear"])
 
 

@@ -1,0 +1,85 @@
+"""The open strategy registry: a strategy with a new mask criterion, declared outside the package with the public
+API alone, runs through the command line's code and the report like a built-in one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lottery_keras
+from lottery_keras import cli
+from lottery_keras.lottery import masks, pruning, strategies
+from lottery_keras.lottery.paths import RunFolder
+from lottery_keras.nn.saving import load_ticket
+from lottery_keras.storage import read_npz
+
+NAME = "smallest_magnitude"
+
+
+class SmallestMagnitude(lottery_keras.MaskSource):
+    """Zhou et al. 2019's "small magnitude" control: keep the smallest surviving weights of the previous round."""
+
+    def pruned_unit(self, strategy, round_index, needed):
+        return needed[strategy.name, round_index - 1]
+
+    def masks(self, trial, strategy, round_index, needed):
+        previous = needed[strategy.name, round_index - 1]
+        smallness = {name: 1.0 / (np.abs(kernel) + 1e-12) for name, kernel in trial.trained_kernels(previous).items()}
+        old_masks = trial.read_masks(previous)
+        return pruning.magnitude_prune(smallness, old_masks, pruning.layerwise_counts(old_masks, trial.rates,
+                                                                                     round_index))
+
+
+@pytest.fixture
+def registered():
+    """The new criterion and its strategy in the registries for one test, removed afterwards."""
+    lottery_keras.register_mask_source("smallest", SmallestMagnitude())
+    strategy = lottery_keras.register_strategy(lottery_keras.Strategy(
+        NAME, "smallest magnitude", "tab:pink", masks="smallest", start="theta0",
+        dense_round_from=strategies.WINNING_TICKET))
+    yield strategy
+    del strategies.STRATEGIES[NAME], masks.MASK_SOURCES["smallest"]
+    strategies.GROUPS["all"] = tuple(strategies.STRATEGIES)
+
+
+def test_a_strategy_registered_outside_the_package_runs_from_the_command_line_and_reports(registered, tmp_path,
+                                                                                          capsys):
+    assert NAME in strategies.resolve(["all"])
+    argv = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", NAME, "--rounds", "2", "--iterations",
+            "60", "--eval-every", "30", "--train-subset", "600", "--output-dir", str(tmp_path), "--quiet",
+            "--checkpoint-minutes", "0"]
+    assert cli.main(argv) == 0
+    run_dir = next(tmp_path.glob("mnist-lenet300_100-*"))
+    folder = RunFolder(run_dir)
+    table = pd.read_csv(folder.results_csv(0, NAME))
+    assert table["remaining"].round(2).tolist() == [100.0, 70.0]
+
+    dense, pruned = folder.unit(0, NAME, 0), folder.unit(0, NAME, 1)
+    trained = {layer.name: np.abs(np.asarray(layer.kernel))
+               for layer in load_ticket(dense.ticket_trained).masked_layers()}
+    mask = read_npz(pruned.masks)["fc1"].astype(bool)
+    assert trained["fc1"][mask].max() <= trained["fc1"][~mask].min()  # the smallest weights are the ones kept
+
+    assert cli.main(["report", str(run_dir)]) == 0
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "smallest magnitude" in report and f"`{NAME}`" in report
+    capsys.readouterr()
+
+
+def test_registration_refuses_what_would_fail_later(registered):
+    with pytest.raises(ValueError, match="registered already"):
+        lottery_keras.register_strategy(registered)
+    with pytest.raises(ValueError, match="masks must be one of"):
+        lottery_keras.Strategy("x", "x", "k", masks="movement", start="theta0")
+    with pytest.raises(ValueError, match="unregistered strategies: nowhere"):
+        lottery_keras.register_strategy(lottery_keras.Strategy("x", "x", "k", masks="borrowed", start="reinit",
+                                                               masks_from="nowhere"))
+    with pytest.raises(ValueError, match="cannot name a folder"):
+        lottery_keras.register_strategy(lottery_keras.Strategy("a/b", "x", "k", masks="magnitude", start="theta0"))
+    with pytest.raises(ValueError, match="registered already"):
+        lottery_keras.register_mask_source("magnitude", SmallestMagnitude())
+    with pytest.raises(TypeError, match="MaskSource instance"):
+        lottery_keras.register_mask_source("plain", object())
+    with pytest.raises(TypeError, match="StartRule instance"):
+        lottery_keras.register_start("plain", object())
