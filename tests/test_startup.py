@@ -4,6 +4,7 @@ lines, not TensorFlow's C++ logging."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,10 @@ def test_help_and_the_first_screen_of_a_real_run_are_quiet(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     noise = [line for line in run.stderr.splitlines() if not line.startswith("lottery_keras: compiling the native")]
     assert noise == []
-    first_lines = run.stdout.splitlines()[:3]
+    first_lines = run.stdout.splitlines()[:5]
     assert first_lines[0].startswith("execution plan: CPU") and first_lines[1].startswith("data: mnist from ")
     assert first_lines[2] == "trial 0 · magnitude_rewind · round 1/2 · 100.00% of weights remaining"
+    # stdout is a pipe here, as in a log file: one plain line per evaluation, no cursor or colour codes
+    assert [re.sub(r"\d+\.\d+", "x", line) for line in first_lines[3:]] == [
+        "  iteration 20/40 · val_loss x · val_acc x", "  iteration 40/40 · val_loss x · val_acc x"]
+    assert not re.search(r"[\x1b\b\r]", run.stdout)

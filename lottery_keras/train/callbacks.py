@@ -7,6 +7,8 @@ Both read the step count from `model.optimizer.iterations`, so they work the sam
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import keras
 import numpy as np
@@ -121,25 +123,41 @@ class EarlyStopRecorder(keras.callbacks.Callback):
         self.history, self.diverged, self.best_weights = history, diverged, best
 
 
+def _live_display() -> bool:
+    """Whether stdout redraws a line in place: a terminal, a notebook or PyCharm (Keras's Progbar assumes it does
+    on every POSIX system, which fills log files with cursor and colour codes)."""
+    return sys.stdout.isatty() or "ipykernel" in sys.modules or "PYCHARM_HOSTED" in os.environ
+
+
 class ProgressBar(keras.callbacks.Callback):
-    """A `keras.utils.Progbar` over iterations showing the latest validation loss and accuracy."""
+    """A `keras.utils.Progbar` over iterations showing the latest validation loss and accuracy; where stdout is
+    not a live display (a log file, a pipe), one plain line per evaluation instead, free of cursor and colour
+    codes."""
 
     def __init__(self, recorder: EarlyStopRecorder, label: str = ""):
         super().__init__()
         self.recorder = recorder
         self.label = label
         self._bar: keras.utils.Progbar | None = None
+        self._printed_iteration: int | None = None
 
     def on_train_begin(self, logs=None):
         if self.label:
             print(self.label, flush=True)
-        self._bar = keras.utils.Progbar(self.recorder.iterations, unit_name="it",
-                                        stateful_metrics=["val_loss", "val_acc"])
+        if _live_display():
+            self._bar = keras.utils.Progbar(self.recorder.iterations, unit_name="it",
+                                            stateful_metrics=["val_loss", "val_acc"])
 
     def on_train_batch_end(self, batch, logs=None):
         latest = self.recorder.history[-1] if self.recorder.history else {}
-        values = [(key, latest[key]) for key in ("val_loss", "val_acc") if key in latest]
-        self._bar.update(int(self.model.optimizer.iterations.numpy()), values=values)
+        step = int(self.model.optimizer.iterations.numpy())
+        if self._bar is not None:
+            values = [(key, latest[key]) for key in ("val_loss", "val_acc") if key in latest]
+            self._bar.update(step, values=values)
+        elif latest and latest["iteration"] != self._printed_iteration:
+            self._printed_iteration = latest["iteration"]
+            print(f"  iteration {step}/{self.recorder.iterations} · val_loss {latest['val_loss']:.4f} · "
+                  f"val_acc {latest['val_acc']:.2f}", flush=True)
 
 
 class WeightsAt(keras.callbacks.Callback):
