@@ -132,9 +132,7 @@ def test_a_killed_worker_costs_only_its_unfinished_round(tmp_path):
     args = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", "magnitude_rewind", "--rounds", "3",
             "--iterations", "900", "--eval-every", "300", "--train-subset", "600", "--quiet", "--no-tfmot-check",
             "--trials", "2"]
-    serial = subprocess.run([sys.executable, "run.py", *args, "--threads", "1", "--output-dir",
-                             str(tmp_path / "serial")], cwd=REPO, capture_output=True, text=True)
-    assert serial.returncode == 0, serial.stderr
+    run_cli(*args, "--threads", "1", "--output-dir", str(tmp_path / "serial"))
     run = subprocess.Popen([sys.executable, "run.py", *args, "--workers", "2", "--output-dir",
                             str(tmp_path / "parallel")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)

@@ -150,14 +150,16 @@ class ProgressBar(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         latest = self.recorder.history[-1] if self.recorder.history else {}
-        step = int(self.model.optimizer.iterations.numpy())
         if self._bar is not None:
             values = [(key, latest[key]) for key in ("val_loss", "val_acc") if key in latest]
-            self._bar.update(step, values=values)
-        elif latest and latest["iteration"] != self._printed_iteration:
+            self._bar.update(self._step(), values=values)
+        elif latest and latest["iteration"] != self._printed_iteration:  # a new evaluation: read the step only then
             self._printed_iteration = latest["iteration"]
-            print(f"  iteration {step}/{self.recorder.iterations} · val_loss {latest['val_loss']:.4f} · "
+            print(f"  iteration {self._step()}/{self.recorder.iterations} · val_loss {latest['val_loss']:.4f} · "
                   f"val_acc {latest['val_acc']:.2f}", flush=True)
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
 
 
 class WeightsAt(keras.callbacks.Callback):
