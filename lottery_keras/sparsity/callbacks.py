@@ -7,37 +7,42 @@ import importlib.util
 
 import keras
 
-from lottery_keras.sparsity.layer import PruningError
+from lottery_keras.sparsity.layer import OPTIMIZER_APPLIES_MASKS, PruningError
 from lottery_keras.sparsity.summary import pruned_layers, sparsity_report
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
     """Before each training step, updates the masks of every `PruneLowMagnitude` layer whose schedule prunes at
-    that step (the step is the optimizer's iteration count); after it, zeroes the pruned weights the optimizer
-    moved (the layers zero them before every call too), so the weights at rest are the pruned ones."""
+    that step (counted from the optimizer's iteration count when training starts, as tfmot does). The optimizer
+    zeroes the pruned weights after each of its steps (`layer.MaskConstraint`; under JAX this callback does, after
+    each step), so the weights at rest are the pruned ones."""
 
     def on_train_begin(self, logs=None):
-        layers = pruned_layers(self.model)
-        if not layers:
+        self._layers = pruned_layers(self.model)
+        if not self._layers:
             raise PruningError("UpdatePruningStep: the model has no PruneLowMagnitude layer; wrap it with "
                                "lottery_keras.prune_low_magnitude first")
         if getattr(self.model, "steps_per_execution", 1) != 1:
             raise PruningError("UpdatePruningStep updates masks between steps: compile with steps_per_execution=1")
-        for layer in layers:
+        for layer in self._layers:
             layer.updated_by_callback = True
-        if any(layer.refused_training for layer in layers):  # its tracing stopped half way: trace it anew
+            layer.apply_masks()  # weights set from outside since the last step
+        if any(layer.refused_training for layer in self._layers):  # its tracing stopped half way: trace it anew
             self.model.make_train_function(force=True)
-            for layer in layers:
+            for layer in self._layers:
                 layer.refused_training = False
+        self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        for layer in pruned_layers(self.model):
-            layer.update_masks(step)
+        for layer in self._layers:
+            layer.update_masks(self._step)
 
     def on_train_batch_end(self, batch, logs=None):
-        for layer in pruned_layers(self.model):
-            layer.apply_masks()
+        self._step += 1
+        if not OPTIMIZER_APPLIES_MASKS:
+            self.model.jax_state_sync()  # JAX's fit holds the weights outside the variables between steps
+            for layer in self._layers:
+                layer.apply_masks()
 
 
 class PruningSummaries(keras.callbacks.Callback):

@@ -1,9 +1,10 @@
 """`PruneLowMagnitude`: any Keras layer with a magnitude mask on each of its prunable weights (`prunable.py`).
 
-The wrapper applies its masks before every call, as tfmot's does (plain `fit` has no step that would), and updates
-them to its schedule's sparsity by magnitude (`update_masks`, which `UpdatePruningStep` calls during `fit`); each
-weight keeps its own share, like tfmot's per-weight masks. Training a wrapped layer without the callback is an
-error at the first training call, since its masks would never change.
+The optimizer applies the masks after each of its steps (`MaskConstraint`: Keras's optimizers apply every weight's
+constraint after its update, inside the train function), so pruned weights are zero at rest; the wrapper updates
+the masks to its schedule's sparsity by magnitude (`update_masks`, which `UpdatePruningStep` calls during `fit`);
+each weight keeps its own share, like tfmot's per-weight masks. Training a wrapped layer without the callback is
+an error at the first training call, since its masks would never change.
 """
 
 from __future__ import annotations
@@ -18,6 +19,55 @@ from lottery_keras.sparsity.schedules import ConstantSparsity, PruningSchedule
 
 class PruningError(ValueError):
     """A model or layer that cannot be pruned as asked (the message says why and what to do)."""
+
+
+def has_own_build(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` creates its weights in a `build` of its own (Keras's layers do; a custom layer that only
+    holds sublayers usually does not, and Keras builds it by tracing its first call)."""
+    return type(layer).build is not keras.layers.Layer.build
+
+
+def build_layer(layer: keras.layers.Layer, input_shape) -> None:
+    """Build `layer`, sublayers included, for inputs of `input_shape`, as its first call would.
+
+    A layer without a `build` of its own is marked built at construction, its sublayers not: they are built by
+    tracing its `call` on a symbolic input.
+    """
+    if has_own_build(layer):
+        if not layer.built:
+            try:
+                layer.build(input_shape)
+            except TypeError:  # a layer of several inputs (MultiHeadAttention) builds from all their shapes
+                raise PruningError(f"layer {layer.name} ({type(layer).__name__}) builds from the shapes of several "
+                                   "inputs: build it (call it once on its inputs) before wrapping it") from None
+    elif input_shape is not None:
+        layer.compute_output_spec(keras.KerasTensor(input_shape))
+
+
+# Whether the optimizer zeroes the pruned weights after each of its steps, in the train function (through the
+# weights' constraints), so that they are zero at rest. JAX's train function reads no variable outside its state,
+# so a constraint there would keep the masks of the moment it was traced: under JAX the layer zeroes them before
+# every call and `UpdatePruningStep` after every step instead (an assignment in the call on TensorFlow, beside the
+# constraint's, would slow an LSTM's step by a third).
+OPTIMIZER_APPLIES_MASKS = keras.backend.backend() != "jax"
+
+
+class MaskConstraint(keras.constraints.Constraint):
+    """A pruned weight's constraint: the weight's own constraint (if any), then its mask. Keras's optimizers apply
+    constraints after every update, so the pruned weights are zero at rest, at no cost outside the train step.
+
+    Args:
+        mask: The weight's mask variable (read at every step, so mask updates take effect).
+        inner: The constraint the weight had, applied first.
+    """
+
+    def __init__(self, mask: keras.Variable, inner=None):
+        self.mask, self.inner = mask, inner
+
+    def __call__(self, weight):
+        if self.inner is not None:
+            weight = self.inner(weight)
+        return weight * keras.ops.cast(self.mask, weight.dtype)
 
 
 @keras.saving.register_keras_serializable(package="lottery_keras")
@@ -41,17 +91,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule or ConstantSparsity(0.5, begin_step=0, frequency=100)
         self.masks: list[keras.Variable] = []
+        self._pruned_weights: list[tuple[keras.Variable, keras.Variable]] = []
         self.updated_by_callback = False  # set by `UpdatePruningStep` before training starts
         self.refused_training = False  # a training call was refused: the model's train function is broken
 
     def build(self, input_shape=None):
-        if not self.layer.built:
-            try:
-                self.layer.build(input_shape)
-            except TypeError:  # a layer of several inputs (MultiHeadAttention) builds from all their shapes
-                raise PruningError(f"layer {self.layer.name} ({type(self.layer).__name__}) builds from the shapes "
-                                   "of several inputs: build it (call it once on its inputs) before wrapping it"
-                                   ) from None
+        build_layer(self.layer, input_shape)
         weights = prunable_weights(self.layer)
         reason = refusal(self.layer) or (None if weights else f"layer {self.layer.name} "
                                          f"({type(self.layer).__name__}) has no weight to prune")
@@ -59,12 +104,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             raise PruningError(reason)
         self.masks = [self.add_weight(name=f"mask_{i}", shape=weight.shape, initializer="ones", trainable=False)
                       for i, weight in enumerate(weights)]
+        self._pruned_weights = list(zip(weights, self.masks))
+        if OPTIMIZER_APPLIES_MASKS:
+            for weight, mask in self._pruned_weights:
+                weight.constraint = MaskConstraint(mask, weight.constraint)
         self.built = True
 
     @property
     def pruned_weights(self) -> list[tuple[keras.Variable, keras.Variable]]:
         """(weight, mask) pairs, in the order of `prunable.prunable_weights`."""
-        return list(zip(prunable_weights(self.layer), self.masks))
+        return list(self._pruned_weights)
 
     def apply_masks(self) -> None:
         """Zero every pruned weight (the optimizer's last step may have moved them)."""
@@ -79,7 +128,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             error._keras_call_info_injected = True  # one line: Keras would append the call's arguments
             self.refused_training = True
             raise error
-        self.apply_masks()
+        if not OPTIMIZER_APPLIES_MASKS:  # else the weights at rest are masked already (`MaskConstraint`)
+            self.apply_masks()
         if "training" in self.layer._call_signature.parameters:
             kwargs["training"] = training
         return self.layer(inputs, *args, **kwargs)
@@ -115,6 +165,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        layer = keras.layers.deserialize(config.pop("layer"))  # built from its saved build configuration
+        layer_config = dict(config.pop("layer"))
+        build_config = layer_config.pop("build_config", None)
+        layer = keras.layers.deserialize(layer_config)
+        if build_config and has_own_build(layer):  # else `build` traces it (Keras would warn it cannot build it)
+            layer.build_from_config(build_config)
         schedule = keras.saving.deserialize_keras_object(config.pop("pruning_schedule"))
         return cls(layer, schedule, **config)

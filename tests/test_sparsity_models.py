@@ -1,0 +1,139 @@
+"""The models Keras 3 users bring, pruned end to end on MNIST slices (`prunable_models.py`): a row-by-row LSTM
+with a `TimeDistributed` layer, a ViT-style model whose transformer block is a custom layer, an `Embedding` model
+on token sequences and a ConvNeXt-style model of nested blocks. Every weight matrix each holds is pruned to the
+schedule's sparsity with nothing left dense, pruned weights stay zero after every step, and the stripped model is
+plain Keras that reloads; a custom layer prunes through `get_prunable_weights()` or through `register_prunable`."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from lottery_keras import data
+from lottery_keras.sparsity import (PolynomialDecay, PruneLowMagnitude, UpdatePruningStep, prune_low_magnitude,
+                                    pruned_layers, register_prunable, sparsity_report, strip_pruning)
+from prunable_models import MODELS
+
+TARGET = 0.8
+PRUNED = {  # model → {pruned layer → the weights pruned in it}
+    "lstm": {"row_embedding": ["row_dense/kernel"], "lstm": ["lstm_cell/kernel", "lstm_cell/recurrent_kernel"],
+             "logits": ["kernel"]},
+    "vit": {"patch_embedding": ["kernel"],
+            "block": ["attention/query/kernel", "attention/key/kernel", "attention/value/kernel",
+                      "attention/attention_output/kernel", "mlp_in/kernel", "mlp_out/kernel"],
+            "logits": ["kernel"]},
+    "tokens": {"embedding": ["embeddings"], "conv": ["kernel"], "logits": ["kernel"]},
+    "convnext": {name: ["kernel"] for name in ["stem_conv", "stage1_depthwise", "stage1_expand", "stage1_project",
+                                               "down_conv", "stage2_depthwise", "stage2_expand", "stage2_project",
+                                               "logits"]},
+}
+
+
+class PrunedStayZero(keras.callbacks.Callback):
+    """After every training step (and `UpdatePruningStep`): every pruned weight is zero, and no position pruned
+    before has come back."""
+
+    def __init__(self):
+        super().__init__()
+        self.previous: dict[str, np.ndarray] = {}
+        self.steps_checked = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        for layer in pruned_layers(self.model):
+            for weight, mask in layer.pruned_weights:
+                values, kept = keras.ops.convert_to_numpy(weight), keras.ops.convert_to_numpy(mask)
+                assert not values[kept == 0].any(), f"{weight.path}: a pruned weight is nonzero"
+                assert (kept <= self.previous.get(weight.path, kept)).all(), f"{weight.path}: a pruned weight came back"
+                self.previous[weight.path] = kept
+        self.steps_checked += 1
+
+
+@pytest.fixture(scope="module")
+def mnist_slice() -> data.Splits:
+    return data.load("mnist").head(train=3000, test=500)
+
+
+@pytest.mark.filterwarnings("ignore:`build\\(\\)` was called on layer 'block'")  # Keras loading the plain ViT's block
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_weight_matrix_reaches_the_schedules_sparsity_and_strips_to_plain_keras(name, mnist_slice, tmp_path):
+    make, inputs = MODELS[name]
+    x, x_test = inputs(mnist_slice.x_train), inputs(mnist_slice.x_test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left dense, so no warning
+        pruned = prune_low_magnitude(make(), PolynomialDecay(0.0, TARGET, begin_step=0, end_step=100, frequency=10))
+    pruned.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    watch = PrunedStayZero()
+    pruned.fit(x, mnist_slice.y_train, batch_size=50, epochs=3, verbose=0, callbacks=[UpdatePruningStep(), watch])
+    assert watch.steps_checked == 180
+
+    report = sparsity_report(pruned)
+    weights = report[report["layer"] != "total"]
+    assert weights["pruned"].all()
+    assert {layer.removeprefix("prune_low_magnitude_"): list(group["weight"])
+            for layer, group in weights.groupby("layer", sort=False)} == PRUNED[name]
+    assert weights["sparsity"].between(TARGET - 0.01, TARGET + 0.01).all(), weights
+    assert pruned.evaluate(x_test, mnist_slice.y_test, verbose=0)[1] > 0.2  # it learned while pruning (chance 0.1)
+
+    plain = strip_pruning(pruned)
+    assert not any(isinstance(layer, PruneLowMagnitude) for layer in plain._flatten_layers())
+    plain.save(tmp_path / "plain.keras")
+    reloaded = keras.models.load_model(tmp_path / "plain.keras")  # no custom_objects: plain (or registered) layers
+    np.testing.assert_allclose(reloaded.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-5)
+    assert sparsity_report(reloaded)["zeros"].sum() == report["zeros"].sum()
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras_tests")
+class Bilinear(keras.layers.Layer):
+    """x·W, with W under a name of its own: not a kernel, so left dense unless declared."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="w", shape=(input_shape[-1], self.units))
+
+    def call(self, inputs):
+        return keras.ops.matmul(inputs, self.w)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras_tests")
+class DeclaredBilinear(Bilinear):
+    """The same layer declaring its matrix (tfmot's `PrunableLayer` protocol)."""
+
+    def get_prunable_weights(self):
+        return [self.w]
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras_tests")
+class RegisteredBilinear(Bilinear):
+    """The same layer as if from a library one cannot edit: its matrix declared by registration."""
+
+
+register_prunable(RegisteredBilinear, lambda layer: [layer.w])
+
+
+@pytest.mark.parametrize("layer_type", [DeclaredBilinear, RegisteredBilinear])
+def test_a_custom_layer_prunes_by_protocol_or_by_registration(layer_type, mnist_slice):
+    images = keras.Input((28, 28, 1))
+    hidden = layer_type(32, name="custom")(keras.layers.Flatten()(images))
+    model = keras.Model(images, keras.layers.Dense(10, name="logits")(keras.ops.relu(hidden)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruned = prune_low_magnitude(model, PolynomialDecay(0.0, TARGET, begin_step=0, end_step=20, frequency=5))
+    pruned.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(mnist_slice.x_train[:1000], mnist_slice.y_train[:1000], batch_size=50, epochs=2, verbose=0,
+               callbacks=[UpdatePruningStep()])
+    report = sparsity_report(pruned).set_index("layer")
+    assert report.loc["prune_low_magnitude_custom", "weight"] == "w"
+    assert report.loc["prune_low_magnitude_custom", "sparsity"] == pytest.approx(TARGET, abs=0.01)
+    undeclared = keras.layers.Dense(10)(Bilinear(32)(keras.layers.Flatten()(images)))
+    with pytest.warns(UserWarning, match=r"leaves 99% of the model's weight matrices dense: layers of type Bilinear"):
+        prune_low_magnitude(keras.Model(images, undeclared))
