@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lottery_keras import data
-from lottery_keras.sparsity import (PolynomialDecay, PruneLowMagnitude, UpdatePruningStep, prune_low_magnitude,
-                                    pruned_layers, register_prunable, sparsity_report, strip_pruning)
+from lottery_keras.sparsity import (PolynomialDecay, UpdatePruningStep, prune_low_magnitude, pruned_layers,
+                                    register_prunable, sparsity_report, strip_pruning)
 from prunable_models import MODELS
 
 TARGET = 0.8
@@ -79,7 +79,7 @@ def test_each_weight_matrix_reaches_the_schedules_sparsity_and_strips_to_plain_k
     assert pruned.evaluate(x_test, mnist_slice.y_test, verbose=0)[1] > 0.2  # it learned while pruning (chance 0.1)
 
     plain = strip_pruning(pruned)
-    assert not any(isinstance(layer, PruneLowMagnitude) for layer in plain._flatten_layers())
+    assert not pruned_layers(plain)
     plain.save(tmp_path / "plain.keras")
     reloaded = keras.models.load_model(tmp_path / "plain.keras")  # no custom_objects: plain (or registered) layers
     np.testing.assert_allclose(reloaded.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-5)
@@ -137,3 +137,56 @@ def test_a_custom_layer_prunes_by_protocol_or_by_registration(layer_type, mnist_
     undeclared = keras.layers.Dense(10)(Bilinear(32)(keras.layers.Flatten()(images)))
     with pytest.warns(UserWarning, match=r"leaves 99% of the model's weight matrices dense: layers of type Bilinear"):
         prune_low_magnitude(keras.Model(images, undeclared))
+
+
+LAYER_TABLE = [  # (layer, input shape, the weights it prunes): the rows of docs/api.md's table
+    (keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 4)), (5, 3), ["kernel"]),
+    (keras.layers.Conv3D(2, 2), (4, 4, 4, 1), ["kernel"]),
+    (keras.layers.Conv2DTranspose(2, 3), (6, 6, 2), ["kernel"]),
+    (keras.layers.Conv3DTranspose(2, 2), (3, 3, 3, 1), ["kernel"]),
+    (keras.layers.DepthwiseConv1D(3), (8, 2), ["kernel"]),
+    (keras.layers.SeparableConv2D(4, 3), (6, 6, 2), ["depthwise_kernel", "pointwise_kernel"]),
+    (keras.layers.SimpleRNN(4), (5, 3), ["simple_rnn_cell/kernel", "simple_rnn_cell/recurrent_kernel"]),
+    (keras.layers.ConvLSTM2D(2, 3), (3, 6, 6, 1), ["conv_lstm_cell/kernel", "conv_lstm_cell/recurrent_kernel"]),
+    (keras.layers.Bidirectional(keras.layers.LSTM(3)), (5, 2),
+     ["forward_lstm/lstm_cell/kernel", "forward_lstm/lstm_cell/recurrent_kernel",
+      "backward_lstm/lstm_cell/kernel", "backward_lstm/lstm_cell/recurrent_kernel"]),
+    (keras.layers.TimeDistributed(keras.layers.Conv2D(2, 3, name="conv")), (2, 6, 6, 1), ["conv/kernel"]),
+]
+
+
+@pytest.mark.parametrize("layer, input_shape, expected", LAYER_TABLE, ids=lambda value: type(value).__name__)
+def test_each_row_of_the_layer_table_prunes_those_weights(layer, input_shape, expected):
+    inputs = keras.Input(input_shape)
+    pruned = prune_low_magnitude(keras.Model(inputs, layer(inputs)), PolynomialDecay(0.0, 0.5, 0, 1, frequency=1))
+    for wrapper in pruned_layers(pruned):
+        wrapper.update_masks(1)
+    report = sparsity_report(pruned)
+    weights = report[report["layer"] != "total"]
+    assert list(weights["weight"]) == expected and weights["pruned"].all()
+    assert weights["sparsity"].between(0.45, 0.55).all(), weights
+
+
+def test_keras_applications_convnext_is_pruned_whole():
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classes=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruned = prune_low_magnitude(model, PolynomialDecay(0.0, TARGET, 0, 1, frequency=1))
+    for wrapper in pruned_layers(pruned):  # the stem and downsampling layers are in nested Sequential models
+        wrapper.update_masks(1)
+    matrices = sum(int(np.prod(weight.shape)) for weight in model.weights if len(weight.shape) >= 2)
+    assert sparsity_report(pruned).iloc[-1]["zeros"] == pytest.approx(TARGET * matrices, rel=1e-4)
+
+
+def test_a_weights_own_constraint_still_applies_before_its_mask(mnist_slice):
+    images = keras.Input((28, 28, 1))
+    hidden = keras.layers.Dense(16, activation="relu", kernel_constraint=keras.constraints.NonNeg(),
+                                name="hidden")(keras.layers.Flatten()(images))
+    model = keras.Model(images, keras.layers.Dense(10, name="logits")(hidden))
+    pruned = prune_low_magnitude(model, PolynomialDecay(0.0, 0.5, begin_step=0, end_step=10, frequency=5))
+    pruned.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    watch = PrunedStayZero()
+    pruned.fit(mnist_slice.x_train[:1000], mnist_slice.y_train[:1000], batch_size=50, verbose=0,
+               callbacks=[UpdatePruningStep(), watch])
+    kernel = keras.ops.convert_to_numpy(pruned.get_layer("prune_low_magnitude_hidden").layer.kernel)
+    assert (kernel >= 0).all() and (kernel == 0).mean() >= 0.5 and watch.steps_checked == 20

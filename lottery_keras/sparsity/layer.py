@@ -47,8 +47,7 @@ def build_layer(layer: keras.layers.Layer, input_shape) -> None:
 # Whether the optimizer zeroes the pruned weights after each of its steps, in the train function (through the
 # weights' constraints), so that they are zero at rest. JAX's train function reads no variable outside its state,
 # so a constraint there would keep the masks of the moment it was traced: under JAX the layer zeroes them before
-# every call and `UpdatePruningStep` after every step instead (an assignment in the call on TensorFlow, beside the
-# constraint's, would slow an LSTM's step by a third).
+# every call and `UpdatePruningStep` after every step instead. Elsewhere the call does not assign them again.
 OPTIMIZER_APPLIES_MASKS = keras.backend.backend() != "jax"
 
 
@@ -73,6 +72,9 @@ class MaskConstraint(keras.constraints.Constraint):
 @keras.saving.register_keras_serializable(package="lottery_keras")
 class PruneLowMagnitude(keras.layers.Wrapper):
     """A layer whose prunable weights carry magnitude masks (non-trainable variables `mask_0`, `mask_1`, …).
+
+    Pruned weights are zero at rest: the optimizer masks them after each step, a mask update masks them, and
+    weights set from outside (`set_weights`) are masked when training starts (`UpdatePruningStep`).
 
     Args:
         layer: The layer to prune; built, or buildable from its first call.
