@@ -33,17 +33,10 @@ import numpy as np  # noqa: E402
 import lottery_keras as lk  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from prunable_models import TransformerBlock, convnext_model, lstm_model, token_model, vit_model  # noqa: E402
+from prunable_models import (ScaledDense, TransformerBlock, convnext_model, lstm_model, token_model,  # noqa: E402
+                             vit_model)
 
 TARGET = 0.8
-
-
-@keras.saving.register_keras_serializable(package="coverage")
-class ScaledDense(keras.layers.Dense):
-    """A user's subclass of a Keras layer."""
-
-    def call(self, inputs):
-        return 0.5 * super().call(inputs)
 
 
 def gru_text_classifier() -> keras.Model:

@@ -1,5 +1,6 @@
 """Four models of the kinds Keras 3 users bring, each with MNIST turned into its input, for the pruning tests
-(`test_sparsity_models.py`) and `benchmarks/bench_pruning.py`:
+(`test_sparsity_models.py`, `test_sparsity_layers.py`) and the benchmarks (`bench_pruning.py`,
+`pruning_coverage.py`):
 
 - `lstm_model`: an image read row by row, each row through a `TimeDistributed` `Dense`, then an `LSTM`;
 - `vit_model`: a ViT-style model on 7×7 patches, its transformer block a custom layer holding
@@ -8,7 +9,11 @@
 - `convnext_model`: ConvNeXt-style, its stem, blocks and downsampling nested models, each block holding a nested
   MLP (layers two models deep).
 
-Each `*_inputs(x)` turns normalised MNIST images (N, 28, 28, 1) into the model's input.
+Each `*_inputs(x)` turns normalised MNIST images (N, 28, 28, 1) into the model's input. Custom layers of the
+kinds users write: `TransformerBlock` (sublayers only), `ScaledDense` (a subclass of a Keras layer), `Opaque` (a
+weight matrix under its own name: left dense, and said so) and its two prunable forms, `Declared` (tfmot's
+`PrunableLayer` protocol) and `Registered` (for `register_prunable`, as for a class one cannot edit). Nothing
+here imports lottery_keras, so `benchmarks/pruning_coverage.py` measures older versions of it on these models.
 """
 
 from __future__ import annotations
@@ -45,6 +50,50 @@ class TransformerBlock(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "heads": self.heads}
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras_tests")
+class ScaledDense(keras.layers.Dense):
+    """A subclass of a supported layer: pruned like it."""
+
+    def call(self, inputs):
+        return 0.5 * super().call(inputs)
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras_tests")
+class Opaque(keras.layers.Layer):
+    """x·W, with W under a name of its own: not a kernel, so left dense unless declared.
+
+    Args:
+        units: Output width.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="w", shape=(input_shape[-1], self.units))
+
+    def call(self, inputs):
+        return keras.ops.matmul(inputs, self.w)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras_tests")
+class Declared(Opaque):
+    """`Opaque` declaring its matrix prunable (tfmot's `PrunableLayer` protocol)."""
+
+    def get_prunable_weights(self):
+        return [self.w]
+
+
+@keras.saving.register_keras_serializable(package="lottery_keras_tests")
+class Registered(Opaque):
+    """`Opaque` as if from a library one cannot edit, for declaring its matrix prunable by registration
+    (`test_sparsity_models.py` registers it)."""
 
 
 def lstm_inputs(images: np.ndarray) -> np.ndarray:

@@ -17,40 +17,7 @@ from lottery_keras import data
 from lottery_keras.sparsity import (ConstantSparsity, PolynomialDecay, PruneLowMagnitude, PruningError,
                                     UpdatePruningStep, prune_low_magnitude, pruned_layers, sparsity_report,
                                     strip_pruning)
-
-
-@keras.saving.register_keras_serializable(package="tests")
-class ScaledDense(keras.layers.Dense):
-    """A subclass of a supported layer: pruned like it."""
-
-    def call(self, inputs):
-        return 0.5 * super().call(inputs)
-
-
-@keras.saving.register_keras_serializable(package="tests")
-class Opaque(keras.layers.Layer):
-    """A custom layer with a weight matrix under its own name: left dense, and said so."""
-
-    def __init__(self, units: int, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-
-    def build(self, input_shape):
-        self.w = self.add_weight(name="w", shape=(input_shape[-1], self.units))
-
-    def call(self, inputs):
-        return keras.ops.matmul(inputs, self.w)
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units}
-
-
-@keras.saving.register_keras_serializable(package="tests")
-class Bilinear(Opaque):
-    """The same layer declaring its matrix prunable (tfmot's `PrunableLayer` protocol)."""
-
-    def get_prunable_weights(self):
-        return [self.w]
+from prunable_models import Declared, Opaque, ScaledDense
 
 
 def sequence_model() -> keras.Model:
@@ -64,7 +31,7 @@ def sequence_model() -> keras.Model:
     x = keras.layers.LayerNormalization(name="norm")(keras.layers.Add()([x, attention]))
     x = keras.layers.LSTM(16, name="lstm")(x)
     x = keras.layers.EinsumDense("ab,bc->ac", output_shape=32, activation="relu", name="einsum")(x)
-    head = keras.Sequential([keras.Input((32,)), Bilinear(24, name="bilinear"), ScaledDense(10, name="scaled")],
+    head = keras.Sequential([keras.Input((32,)), Declared(24, name="bilinear"), ScaledDense(10, name="scaled")],
                             name="head")
     return keras.Model(rows, head(x), name="sequence_model")
 

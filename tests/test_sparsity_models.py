@@ -15,7 +15,9 @@ import pytest
 from lottery_keras import data
 from lottery_keras.sparsity import (PolynomialDecay, UpdatePruningStep, prune_low_magnitude, pruned_layers,
                                     register_prunable, sparsity_report, strip_pruning)
-from prunable_models import MODELS
+from prunable_models import MODELS, Declared, Opaque, Registered
+
+register_prunable(Registered, lambda layer: [layer.w])  # as one would for a layer type one cannot edit
 
 TARGET = 0.8
 PRUNED = {  # model → {pruned layer → the weights pruned in it}
@@ -86,41 +88,7 @@ def test_each_weight_matrix_reaches_the_schedules_sparsity_and_strips_to_plain_k
     assert sparsity_report(reloaded)["zeros"].sum() == report["zeros"].sum()
 
 
-@keras.saving.register_keras_serializable(package="lottery_keras_tests")
-class Bilinear(keras.layers.Layer):
-    """x·W, with W under a name of its own: not a kernel, so left dense unless declared."""
-
-    def __init__(self, units: int, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-
-    def build(self, input_shape):
-        self.w = self.add_weight(name="w", shape=(input_shape[-1], self.units))
-
-    def call(self, inputs):
-        return keras.ops.matmul(inputs, self.w)
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units}
-
-
-@keras.saving.register_keras_serializable(package="lottery_keras_tests")
-class DeclaredBilinear(Bilinear):
-    """The same layer declaring its matrix (tfmot's `PrunableLayer` protocol)."""
-
-    def get_prunable_weights(self):
-        return [self.w]
-
-
-@keras.saving.register_keras_serializable(package="lottery_keras_tests")
-class RegisteredBilinear(Bilinear):
-    """The same layer as if from a library one cannot edit: its matrix declared by registration."""
-
-
-register_prunable(RegisteredBilinear, lambda layer: [layer.w])
-
-
-@pytest.mark.parametrize("layer_type", [DeclaredBilinear, RegisteredBilinear])
+@pytest.mark.parametrize("layer_type", [Declared, Registered])
 def test_a_custom_layer_prunes_by_protocol_or_by_registration(layer_type, mnist_slice):
     images = keras.Input((28, 28, 1))
     hidden = layer_type(32, name="custom")(keras.layers.Flatten()(images))
@@ -134,8 +102,8 @@ def test_a_custom_layer_prunes_by_protocol_or_by_registration(layer_type, mnist_
     report = sparsity_report(pruned).set_index("layer")
     assert report.loc["prune_low_magnitude_custom", "weight"] == "w"
     assert report.loc["prune_low_magnitude_custom", "sparsity"] == pytest.approx(TARGET, abs=0.01)
-    undeclared = keras.layers.Dense(10)(Bilinear(32)(keras.layers.Flatten()(images)))
-    with pytest.warns(UserWarning, match=r"leaves 99% of the model's weight matrices dense: layers of type Bilinear"):
+    undeclared = keras.layers.Dense(10)(Opaque(32)(keras.layers.Flatten()(images)))
+    with pytest.warns(UserWarning, match=r"leaves 99% of the model's weight matrices dense: layers of type Opaque"):
         prune_low_magnitude(keras.Model(images, undeclared))
 
 
