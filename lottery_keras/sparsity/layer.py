@@ -44,6 +44,16 @@ def build_layer(layer: keras.layers.Layer, input_shape) -> None:
         layer.compute_output_spec(keras.KerasTensor(input_shape))
 
 
+def build_from_config(layer: keras.layers.Layer, build_config: dict | None) -> None:
+    """Build a fresh `layer` from a saved build configuration (`get_build_config()`), tracing its `call` where it
+    has no `build` of its own (`build_layer`; Keras's `build_from_config` would only warn it cannot build it)."""
+    build_config = build_config or {}
+    if "input_shape" in build_config:
+        build_layer(layer, build_config["input_shape"])
+    elif build_config:
+        layer.build_from_config(build_config)
+
+
 # Whether the optimizer zeroes the pruned weights after each of its steps, in the train function (through the
 # weights' constraints), so that they are zero at rest. JAX's train function reads no variable outside its state,
 # so a constraint there would keep the masks of the moment it was traced: under JAX the layer zeroes them before
@@ -170,7 +180,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         layer_config = dict(config.pop("layer"))
         build_config = layer_config.pop("build_config", None)
         layer = keras.layers.deserialize(layer_config)
-        if build_config and has_own_build(layer):  # else `build` traces it (Keras would warn it cannot build it)
-            layer.build_from_config(build_config)
+        build_from_config(layer, build_config)
         schedule = keras.saving.deserialize_keras_object(config.pop("pruning_schedule"))
         return cls(layer, schedule, **config)

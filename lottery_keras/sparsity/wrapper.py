@@ -19,7 +19,7 @@ from keras.src.models.functional import Functional  # what clone_model rebuilds 
 from lottery_keras.nn.layers import MaskedWrapper
 from lottery_keras.nn import network
 from lottery_keras.nn.network import LayerChoice, MaskedNetwork, NetworkError, check_cloneable, plain_network
-from lottery_keras.sparsity.layer import PruneLowMagnitude, PruningError, build_layer
+from lottery_keras.sparsity.layer import PruneLowMagnitude, PruningError, build_from_config
 from lottery_keras.sparsity.prunable import is_prunable, refusal
 from lottery_keras.sparsity.schedules import PruningSchedule
 from lottery_keras.sparsity.summary import leaf_layers
@@ -105,11 +105,7 @@ def _copy(layer: keras.layers.Layer) -> keras.layers.Layer:
     """A fresh, built copy of `layer` holding its weights (a pruned layer: its wrapped layer's, masked)."""
     source = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
     copy = source.__class__.from_config(source.get_config())
-    build_config = source.get_build_config() or {}
-    if "input_shape" in build_config:
-        build_layer(copy, build_config["input_shape"])
-    elif build_config:
-        copy.build_from_config(build_config)
+    build_from_config(copy, source.get_build_config())
     if source.weights:
         copy.set_weights(layer.stripped_weights() if isinstance(layer, PruneLowMagnitude) else
                          source.get_weights())
