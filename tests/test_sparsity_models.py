@@ -80,6 +80,10 @@ def test_each_weight_matrix_reaches_the_schedules_sparsity_and_strips_to_plain_k
     assert weights["sparsity"].between(TARGET - 0.01, TARGET + 0.01).all(), weights
     assert pruned.evaluate(x_test, mnist_slice.y_test, verbose=0)[1] > 0.2  # it learned while pruning (chance 0.1)
 
+    pruned.save(tmp_path / "pruned.keras")  # and the unstripped model reloads, masks and all
+    again = keras.models.load_model(tmp_path / "pruned.keras")
+    np.testing.assert_array_equal(again.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0))
+
     plain = strip_pruning(pruned)
     assert not pruned_layers(plain)
     plain.save(tmp_path / "plain.keras")
