@@ -9,8 +9,9 @@ import pytest
 
 import lottery_keras
 from lottery_keras import cli
-from lottery_keras.lottery import masks, pruning, strategies
+from lottery_keras.lottery import masks, pruning, starts, strategies
 from lottery_keras.lottery.paths import RunFolder
+from lottery_keras.lottery.seeds import derived_seed
 from lottery_keras.nn.saving import load_ticket
 from lottery_keras.storage import read_npz
 
@@ -64,6 +65,45 @@ def test_a_strategy_registered_outside_the_package_runs_from_the_command_line_an
     assert cli.main(["report", str(run_dir)]) == 0
     report = (run_dir / "report" / "report.md").read_text()
     assert "smallest magnitude" in report and f"`{NAME}`" in report
+    capsys.readouterr()
+
+
+class SignedReinit(lottery_keras.StartRule):
+    """Zhou et al. 2019's "signs matter": a fresh draw's magnitudes with θ0's signs."""
+
+    def weights(self, trial, strategy, round_index, needed):
+        fresh = trial.fresh_state(derived_seed(trial.seed, round_index, "signed"))
+        return {path: np.abs(value) * np.where(trial.theta0[path] < 0, -1.0, 1.0).astype(value.dtype)
+                for path, value in fresh.items()}
+
+
+@pytest.fixture
+def signed_reinit():
+    """A strategy with a new start rule, in the registries for one test."""
+    lottery_keras.register_start("signed_reinit", SignedReinit())
+    strategy = lottery_keras.register_strategy(lottery_keras.Strategy(
+        "signed_reinit", "reinit with θ0's signs", "tab:pink", masks="borrowed", start="signed_reinit",
+        masks_from=strategies.WINNING_TICKET))
+    yield strategy
+    del strategies.STRATEGIES[strategy.name], starts.STARTS["signed_reinit"]
+    strategies.GROUPS["all"] = tuple(strategies.STRATEGIES)
+
+
+def test_a_start_rule_registered_outside_the_package_sets_every_rounds_start(signed_reinit, tmp_path, capsys):
+    argv = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", signed_reinit.name, "--rounds", "2",
+            "--iterations", "30", "--eval-every", "30", "--train-subset", "600", "--output-dir", str(tmp_path),
+            "--quiet", "--checkpoint-minutes", "0"]
+    assert cli.main(argv) == 0
+    folder = RunFolder(next(tmp_path.glob("mnist-lenet300_100-*")))
+    theta0 = read_npz(folder.theta0(0))
+    winning = folder.unit(0, strategies.WINNING_TICKET, 1)
+    for round_index in range(2):
+        unit = folder.unit(0, signed_reinit.name, round_index)
+        mask = read_npz(unit.masks)["fc1"].astype(bool)
+        assert mask.all() if round_index == 0 else np.array_equal(mask, read_npz(winning.masks)["fc1"])
+        start = load_ticket(unit.ticket_init).get_layer("fc1").kernel.numpy()[mask]
+        initial = next(value for path, value in theta0.items() if path.endswith("fc1/kernel"))[mask]
+        assert np.all(start * initial >= 0) and not np.allclose(np.abs(start), np.abs(initial))  # a draw may be 0
     capsys.readouterr()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,16 +24,16 @@ import pandas as pd
 
 from lottery_keras import catalog, data
 from lottery_keras.columns import declared, names
-from lottery_keras.config import Experiment, adversarial_epsilon
+from lottery_keras.config import Experiment
 from lottery_keras.lottery import parallel, pruning, strategies
-from lottery_keras.lottery.paths import ROBUSTNESS, STABILITY, RunFolder, Unit
+from lottery_keras.lottery.evaluations import RoundEvaluations
+from lottery_keras.lottery.paths import RunFolder, Unit
 from lottery_keras.lottery.seeds import derived_seed
 from lottery_keras.lottery.strategies import STRATEGIES, Strategy
 from lottery_keras.nn.models import MaskedModel, build_model
 from lottery_keras.nn.network import build_network, network_fingerprint
 from lottery_keras.nn.saving import TicketError, load_ticket
-from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, atomic_path, read_npz, remove_temporaries,
-                                   write_csv, write_npz)
+from lottery_keras.storage import DamagedFileError, atomic_path, read_npz, remove_temporaries, write_csv, write_npz
 from lottery_keras.train import evaluation
 from lottery_keras.train import plan as execution
 from lottery_keras.train.callbacks import EarlyStopRecorder, ProgressBar, WeightsAt
@@ -138,6 +137,7 @@ class TrialRun:
                                                                 "train": (splits.x_train, splits.y_train)})
         self.requested = set(strategies.resolve(options.strategies))  # `run` narrows it to the names it runs
         self.checked: set[Unit] = set()  # finished units whose files were read back whole in this process
+        self.evaluations = RoundEvaluations(self)
 
     def _build(self, seed: int, model_execution=None) -> MaskedModel:
         if self.network is not None:
@@ -173,7 +173,7 @@ class TrialRun:
             if unit not in self.checked:
                 unit.check_intact()
                 self.checked.add(unit)
-            if name in self.requested and self._add_evaluations(unit):
+            if name in self.requested and self.evaluations.add(unit):
                 self.folder.refresh_results(self.trial, name)
             unit.remove_stale_checkpoints()
             return unit
@@ -185,31 +185,17 @@ class TrialRun:
             raise ChainStopped(f"{pruned.strategy} round {pruned.round} diverged, so its trained weights give no "
                                "magnitude masks (a lower --lr may help)")
         if strategy.same_at_constant_rate and self.schedule.is_constant:  # the same computation: copy it
-            self._copy_unit(self.ensure_round(strategy.same_at_constant_rate, round_index), unit)
+            unit.copy_from(self.ensure_round(strategy.same_at_constant_rate, round_index))
         elif round_index == 0 and strategy.dense_round_from:  # the same computation: copy it
-            self._copy_unit(needed[strategy.dense_round_from, 0], unit)
+            unit.copy_from(needed[strategy.dense_round_from, 0])
         else:
             masks = strategy.mask_source.masks(self, strategy, round_index, needed) if round_index \
                 else self.dense_masks()
             self._train_round(strategy, unit, masks, strategy.start_rule.weights(self, strategy, round_index, needed))
         if name in self.requested:
-            self._add_evaluations(unit)
+            self.evaluations.add(unit)
         self.folder.refresh_results(self.trial, name)
         return unit
-
-    @staticmethod
-    def _copy_unit(source: Unit, unit: Unit) -> None:
-        staging = unit.directory.with_name(f"{TEMPORARY_PREFIX}{unit.directory.name}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            shutil.copytree(source.directory, staging)
-        except OSError as err:
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(err, shutil.Error):  # its argument: a list of (source, destination, reason)
-                err = OSError(str(err.args[0][0][2]))
-            raise OSError(f"cannot copy {source.directory} to {unit.directory}: {err.strerror or err}") from None
-        shutil.rmtree(unit.directory, ignore_errors=True)  # an unfinished attempt
-        staging.replace(unit.directory)
 
     # ------------------------------------------------------------------------------------------ masks
 
@@ -226,15 +212,15 @@ class TrialRun:
                                    f"({', '.join(expected)}) in its shape; {unit.redo_hint()}")
         return masks
 
-    def _trained_model(self, unit: Unit) -> MaskedModel:
-        return self._ticket(unit, unit.ticket_trained)
+    def trained_model(self, unit: Unit) -> MaskedModel:
+        return self.read_ticket(unit, unit.ticket_trained)
 
     def trained_kernels(self, unit: Unit) -> dict[str, np.ndarray]:
         return {layer.name: keras.ops.convert_to_numpy(layer.kernel)
-                for layer in self._trained_model(unit).masked_layers()}
+                for layer in self.trained_model(unit).masked_layers()}
 
     @staticmethod
-    def _ticket(unit: Unit, path) -> MaskedModel:
+    def read_ticket(unit: Unit, path) -> MaskedModel:
         try:
             return load_ticket(path)
         except TicketError as err:
@@ -273,7 +259,7 @@ class TrialRun:
 
     def trained_state(self, unit: Unit) -> dict[str, np.ndarray]:
         """The unit's trained weights, by this run's variable paths (saved models name their variables anew)."""
-        trained = self._trained_model(unit)
+        trained = self.trained_model(unit)
         return {own.path: keras.ops.convert_to_numpy(value)
                 for own, value in zip(self.model.state_variables(), trained.state_variables())}
 
@@ -293,110 +279,25 @@ class TrialRun:
             variable.assign(weights[variable.path])
         self.model.set_masks(masks)
 
-    def _seed_randomness(self, round_index: int, *purpose: str) -> None:
+    def seed_randomness(self, round_index: int, *purpose: str) -> None:
         """Set the model's random generators (dropout) from (seed, round, purpose), as the batch order is, so a
         resumed run draws what an uninterrupted one does."""
         for index, state in enumerate(self.model.seed_states()):
             state.assign(np.array([derived_seed(self.seed, round_index, "dropout", *purpose, index), 0], np.int64))
 
-    # ------------------------------------------------------------------------------------------ one round
-
-    def _add_evaluations(self, unit: Unit) -> bool:
-        """The optional evaluations the options ask for and the unit lacks; whether any was added. A copied dense
-        round takes them from the round it copies (the same network), evaluating that one first if needed."""
-        source_name = STRATEGIES[unit.strategy].dense_round_from if unit.strategy in STRATEGIES else None
-        if unit.round == 0 and source_name:
-            source = self.folder.unit(self.trial, source_name, 0)
-            if source.is_resumable():
-                self._add_evaluations(source)
-                return self._borrow_evaluations(source, unit)
-        added = self._add_robustness(unit)
-        return self._add_stability(unit) or added
-
-    @staticmethod
-    def _borrow_evaluations(source: Unit, unit: Unit) -> bool:
-        metrics, evaluated = unit.read_metrics(), source.read_metrics()
-        added = {key: evaluated[key] for key in names(declared(optional=True))
-                 if key in evaluated and key not in metrics}
-        if not added:
-            return False
-        for name in (ROBUSTNESS, STABILITY):
-            if (source.directory / name).is_file():
-                with atomic_path(unit.directory / name) as tmp:
-                    shutil.copyfile(source.directory / name, tmp)
-        unit.write_metrics({**metrics, **added})
-        return True
-
-    def _add_stability(self, unit: Unit) -> bool:
-        """With `options.stability`, train a copy of the unit from its start on another data order and record the
-        error barrier on the linear path between the two (stability.csv, `instability`), unless it is there or
-        the unit diverged."""
-        metrics = unit.read_metrics()
-        if not self.options.stability or "instability" in metrics or metrics.get("diverged"):
-            return False
-        trained = self._trained_model(unit).get_weights()
-        self.model.set_weights(self._ticket(unit, unit.ticket_init).get_weights())
-        schedule, offset = self._schedule_and_offset(STRATEGIES[unit.strategy], unit.round)
-        watch = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
-                                  eval_every=self.experiment.eval_every, iterations=self.experiment.iterations - offset,
-                                  test_every_eval=False, evaluator=self.evaluator)  # only to stop a diverging copy
-        if self.options.verbose:
-            print(f"trial {self.trial} · {unit.strategy} · round {unit.round}: training a second copy for the "
-                  "stability analysis", flush=True)
-        self._seed_randomness(unit.round, "copy")
-        data_seed = derived_seed(self.seed, unit.round, "data", "copy")
-        iterations = self.experiment.iterations - offset
-        checkpoint = self._checkpoint(unit.copy_checkpoint, data_seed, iterations, offset)
-        self.trainer.train(iterations, self.experiment.eval_every, data_seed, [watch], schedule=schedule,
-                           step_offset=offset, checkpoint=checkpoint)
-        instability = math.nan
-        if watch.diverged:
-            print(f"warning: trial {self.trial} · {unit.strategy} · round {unit.round}: the stability copy "
-                  "diverged; its instability is left empty", file=sys.stderr, flush=True)
-        else:
-            path = evaluation.interpolation_accuracies(self.model, trained, self.model.get_weights(),
-                                                       self.splits.x_test, self.splits.y_test)
-            write_csv(unit.stability, pd.DataFrame({"alpha": list(path), "test_acc": list(path.values())}))
-            instability = evaluation.error_barrier(path)
-        unit.write_metrics({**metrics, "instability": instability})
-        unit.copy_checkpoint.unlink(missing_ok=True)
-        return True
-
-    def _schedule_and_offset(self, strategy: Strategy, round_index: int) -> tuple[LearningRateSchedule, int]:
+    def schedule_and_offset(self, strategy: Strategy, round_index: int) -> tuple[LearningRateSchedule, int]:
         """A round's learning-rate schedule, and the step it starts at (K for rounds rewound to θ_K)."""
         schedule = self.schedule.final() if strategy.final_rate else self.schedule
         return schedule, self.experiment.rewind_iteration if strategy.start_rule.rewinds and round_index > 0 else 0
 
-    def _add_robustness(self, unit: Unit) -> bool:
-        """With `options.robustness`, score the unit's trained ticket on the test split under every corruption
-        (robustness.csv) and FGSM, and add the means to its metrics, unless they are there or it diverged."""
-        metrics = unit.read_metrics()
-        if not self.options.robustness or "corruption_acc" in metrics or metrics.get("diverged"):
-            return False
-        model, (x, y) = self._trained_model(unit), (self.splits.x_test, self.splits.y_test)
-        normalisation = self._pixel_scale()
-        scores = evaluation.corruption_accuracies(model, x, y, normalisation)
-        write_csv(unit.robustness, pd.DataFrame([{"corruption": name, "severity": severity, "test_acc": acc}
-                                                  for (name, severity), acc in scores.items()]))
-        epsilon = adversarial_epsilon(self.experiment.dataset)
-        unit.write_metrics({**metrics, "corruption_acc": float(np.mean(list(scores.values()))),
-                            "adversarial_acc": evaluation.fgsm_accuracy(model, x, y, normalisation, epsilon)})
-        return True
-
-    def _pixel_scale(self) -> evaluation.Normalisation:
-        """How inputs map to pixels in [0, 1]: the built-in dataset's normalisation, or each channel's training
-        range for data of one's own."""
-        if self.experiment.data:
-            return evaluation.Normalisation.spanning(self.splits.x_train)
-        spec = data.DATASETS[self.experiment.dataset]
-        return evaluation.Normalisation(spec.mean, spec.std)
+    # ------------------------------------------------------------------------------------------ one round
 
     def _train_round(self, strategy: Strategy, unit: Unit, masks: pruning.Masks, start: dict) -> None:
         unit.metrics.unlink(missing_ok=True)  # results without tickets (a clone): they mark the unit finished last
         self.set_start(start, masks)
         remaining = pruning.remaining_percent(masks)
         save_ticket(self.model, self.splits.input_shape, unit.ticket_init)
-        schedule, offset = self._schedule_and_offset(strategy, unit.round)
+        schedule, offset = self.schedule_and_offset(strategy, unit.round)
         iterations = self.experiment.iterations - offset  # a late rewind trains the steps after K
         recorder = EarlyStopRecorder((self.splits.x_val, self.splits.y_val), (self.splits.x_test, self.splits.y_test),
                                      eval_every=self.experiment.eval_every, iterations=iterations,
@@ -411,9 +312,9 @@ class TrialRun:
             label = (f"trial {self.trial} · {strategy.name} · round {unit.round + 1}/{self.experiment.rounds} · "
                      f"{remaining:.2f}% of weights remaining")
             callbacks.append(ProgressBar(recorder, label))
-        self._seed_randomness(unit.round)
+        self.seed_randomness(unit.round)
         data_seed = derived_seed(self.seed, unit.round, "data")
-        checkpoint = self._checkpoint(unit.checkpoint, data_seed, iterations, offset)
+        checkpoint = self.round_checkpoint(unit.checkpoint, data_seed, iterations, offset)
         started = time.perf_counter()
         self.trainer.train(iterations, self.experiment.eval_every, data_seed, callbacks, schedule=schedule,
                            step_offset=offset, pause_at=[self.experiment.rewind_iteration] if keep_rewind_point else [],
@@ -436,7 +337,7 @@ class TrialRun:
         })
         unit.checkpoint.unlink(missing_ok=True)
 
-    def _checkpoint(self, path: Path, data_seed: int, iterations: int, offset: int) -> RoundCheckpoint | None:
+    def round_checkpoint(self, path: Path, data_seed: int, iterations: int, offset: int) -> RoundCheckpoint | None:
         """The mid-round checkpoint of one training run, unless the options turn them off."""
         if not self.options.checkpoint_minutes:
             return None

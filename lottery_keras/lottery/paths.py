@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +35,8 @@ import pandas as pd
 
 from lottery_keras.columns import check_declared, declared, names, results_columns
 from lottery_keras.config import Experiment
-from lottery_keras.storage import DamagedFileError, check_archive, read_json, read_npz, write_csv, write_json
+from lottery_keras.storage import (TEMPORARY_PREFIX, DamagedFileError, check_archive, read_json, read_npz, write_csv,
+                                   write_json)
 
 CONFIG = "config.json"
 NETWORK = "network.json"
@@ -184,6 +186,21 @@ class Unit:
 
     def read_history(self) -> pd.DataFrame:
         return _read_table(self.history, ["iteration", "test_acc"], self, numeric=True)
+
+    def copy_from(self, source: Unit) -> None:
+        """Make this unit a copy of `source`'s folder (the same computation), replacing any unfinished attempt
+        only once the copy is whole."""
+        staging = self.directory.with_name(f"{TEMPORARY_PREFIX}{self.directory.name}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            shutil.copytree(source.directory, staging)
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(err, shutil.Error):  # its argument: a list of (source, destination, reason)
+                err = OSError(str(err.args[0][0][2]))
+            raise OSError(f"cannot copy {source.directory} to {self.directory}: {err.strerror or err}") from None
+        shutil.rmtree(self.directory, ignore_errors=True)
+        staging.replace(self.directory)
 
 
 class RunFolder:

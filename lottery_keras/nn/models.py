@@ -131,7 +131,7 @@ class MaskedModel(keras.Model):
 
     def seed_states(self) -> list[keras.Variable]:
         """The states of the random generators its layers draw from in training (dropout), in layer order: not
-        weights, so a round sets them itself (`controller.TrialRun._seed_randomness`)."""
+        weights, so a round sets them itself (`controller.TrialRun.seed_randomness`)."""
         return [variable for variable in self.variables if variable.name == "seed_generator_state"]
 
     def apply_masks(self) -> None:
