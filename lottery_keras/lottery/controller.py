@@ -267,11 +267,14 @@ class TrialRun:
         """The weights the architecture's initializers draw from `seed`, by variable path."""
         return {v.path: keras.ops.convert_to_numpy(v) for v in self._build(seed).state_variables()}
 
-    def rewind_point(self) -> dict[str, np.ndarray]:
-        """θ_K, kept by the dense round of the winning ticket (from θ0) under late rewinding."""
-        dense = self.ensure_round(strategies.WINNING_TICKET, 0)
+    def rewind_point(self, strategy: str) -> dict[str, np.ndarray]:
+        """θ_K, kept under late rewinding by the dense round of `strategy`, trained from θ0."""
+        dense = self.ensure_round(strategy, 0)
         if dense.read_metrics().get("diverged"):
             raise ChainStopped("the dense round diverged, so it has no rewind point (a lower --lr may help)")
+        if not dense.rewind_point.exists():
+            raise ChainStopped(f"{dense.strategy} round 0 keeps no rewind point θ_K for late rewinding: it was not "
+                               f"trained from θ0, or {dense.rewind_point.name} was removed ({dense.redo_hint()})")
         return self._read_weights(dense.rewind_point, dense.redo_hint())
 
     def set_start(self, weights: dict[str, np.ndarray], masks: pruning.Masks) -> None:

@@ -6,8 +6,8 @@ K), and the starting weights by variable path (`weights`). `register_start` adds
 (`strategies.py`) names it by its key.
 
 Built in:
-- `theta0`: rewind to the trial's initial weights θ0 (or, with `--rewind-iteration K`, to θ_K, the dense round's
-  weights after K steps, and train the remaining steps);
+- `theta0`: rewind to the trial's initial weights θ0 (or, with `--rewind-iteration K`, to θ_K, the strategy's dense
+  round's weights after K steps, and train the remaining steps);
 - `reinit`: fresh weights every round (the same draw for every `reinit` strategy at a round, so the two
   reinitialisation controls differ only in their masks);
 - `trained`: the previous round's trained weights (Renda et al. 2020).
@@ -33,7 +33,7 @@ State = dict[str, np.ndarray]  # every variable but the masks, by variable path
 class StartTrial(Trial, Protocol):
     """What start rules may use of the trial beyond what mask sources may (`controller.TrialRun`)."""
 
-    def rewind_point(self) -> State: ...
+    def rewind_point(self, strategy: str) -> State: ...
 
     def trained_state(self, unit: Unit) -> State: ...
 
@@ -60,12 +60,15 @@ class StartRule:
 
 
 class Theta0(StartRule):
-    """The trial's initial weights θ0, or θ_K under late rewinding."""
+    """The trial's initial weights θ0, or under late rewinding θ_K, kept by the strategy's dense round (its own,
+    or that of `dense_round_from`, which it copies)."""
 
     rewinds = True
 
     def weights(self, trial, strategy, round_index, needed):
-        return trial.rewind_point() if round_index and trial.experiment.rewind_iteration else trial.theta0
+        if round_index and trial.experiment.rewind_iteration:
+            return trial.rewind_point(strategy.dense_round_from or strategy.name)
+        return trial.theta0
 
 
 class Reinit(StartRule):
