@@ -107,6 +107,25 @@ def test_a_start_rule_registered_outside_the_package_sets_every_rounds_start(sig
     capsys.readouterr()
 
 
+def test_late_rewinding_from_a_dense_round_not_trained_from_theta0_stops_that_chain_with_one_line(tmp_path, capsys):
+    strategy = lottery_keras.register_strategy(lottery_keras.Strategy(
+        "rewind_after_reinit", "x", "k", masks="magnitude", start="theta0", dense_round_from=strategies.REINIT_CONTROL))
+    try:
+        argv = ["--dataset", "mnist", "--arch", "lenet300_100", "--strategy", strategy.name, "--rounds", "2",
+                "--iterations", "20", "--eval-every", "10", "--rewind-iteration", "10", "--train-subset", "600",
+                "--output-dir", str(tmp_path), "--quiet", "--checkpoint-minutes", "0"]
+        assert cli.main(argv) == 0
+    finally:
+        del strategies.STRATEGIES[strategy.name]
+        strategies.GROUPS["all"] = tuple(strategies.STRATEGIES)
+    warning = capsys.readouterr().err
+    assert ("magnitude_random round 0 keeps no rewind point θ_K for late rewinding: it was not trained from θ0"
+            in warning)
+    assert "its later rounds are skipped" in warning
+    folder = RunFolder(next(tmp_path.glob("mnist-lenet300_100-*")))
+    assert folder.unit(0, strategy.name, 0).is_finished() and not folder.unit(0, strategy.name, 1).is_finished()
+
+
 def test_registration_refuses_what_would_fail_later(registered):
     with pytest.raises(ValueError, match="registered already"):
         lottery_keras.register_strategy(registered)

@@ -68,6 +68,9 @@ class RoundEvaluations:
         return True
 
     def _add_stability(self, unit: Unit) -> bool:
+        """With `--stability`, train a copy of the unit from its start on another data order and record the error
+        barrier on the linear path between the two (stability.csv, `instability`), unless it is there or the unit
+        diverged."""
         run, experiment, splits = self.run, self.run.experiment, self.run.splits
         metrics = unit.read_metrics()
         if not run.options.stability or "instability" in metrics or metrics.get("diverged"):
@@ -100,6 +103,8 @@ class RoundEvaluations:
         return True
 
     def _add_robustness(self, unit: Unit) -> bool:
+        """With `--robustness`, score the unit's trained ticket on the test split under every corruption
+        (robustness.csv) and FGSM, and add the means to its metrics, unless they are there or it diverged."""
         metrics = unit.read_metrics()
         if not self.run.options.robustness or "corruption_acc" in metrics or metrics.get("diverged"):
             return False
