@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import NoReturn
 
-from lottery_keras.config import MAX_PRUNE_RATE, Experiment, Option, protocol_options
+from lottery_keras.config import KINDS, Experiment, Option, protocol_options
 
 COMMANDS = ("run", "report", "study", "export")
 
@@ -55,9 +55,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n`{self.prog} --help` lists every option\n")
 
 
-def _checked(convert, valid, requirement: str):
-    """An argparse type: `convert` the text, then reject values that are not `valid` with `requirement`."""
-    noun = "a whole number" if convert is int else "a number"
+def _checked(convert, valid, requirement: str, noun: str | None = None):
+    """An argparse type: `convert` the text (a value that is not `noun`, by default a whole number or a number, is
+    refused), then reject values that are not `valid` with `requirement`."""
+    noun = noun or ("a whole number" if convert is int else "a number")
 
     def parse(text: str):
         try:
@@ -84,12 +85,7 @@ def _trials(text: str) -> tuple[int, ...]:
     return tuple(range(bounds[0], bounds[1] + 1))
 
 
-_rate = _checked(float, lambda v: 0.0 < v <= MAX_PRUNE_RATE,
-                 f"is not a fraction in (0, {MAX_PRUNE_RATE:g}] (e.g. 0.2 for 20%; a round that prunes more leaves "
-                 "under 1% of a layer)")
 _positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
-_positive_float = _checked(float, lambda v: v > 0, "must be positive")
-_natural = _checked(int, lambda v: v >= 0, "must be 0 or more")
 _minutes = _checked(float, lambda v: 0 <= v < float("inf"), "must be a number of minutes, 0 (never) or more")
 _folder = _checked(str, lambda v: v.strip() != "", "must name a folder (an empty path would mean the current one)")
 
@@ -99,15 +95,6 @@ def _names(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError(f"{text!r} names no layer (give comma-separated layer names)")
     return names
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    """A comma-separated list of training steps, e.g. `20000,30000`."""
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of steps (e.g. 20000,30000)") \
-            from None
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,19 +166,19 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--threads", type=_positive_int, metavar="N", help="threads per TensorFlow operation")
 
 
-# How the command line parses each kind of protocol value (`config.Option.kind`).
-_PARSERS = {"count": _positive_int, "natural": _natural, "integer": int, "positive": _positive_float,
-            "rate": _rate, "steps": _steps}
-
-
 def _add_protocol_argument(group, name: str, option: Option) -> None:
-    flag = option.flag or f"--{name.replace('_', '-')}"
+    """The option for one protocol field: its flag, help and placeholder, read and range-checked as its kind
+    (`config.KINDS`); the largest values new experiments take are checked with the rest of the experiment."""
+    flag = option.flag_for(name)
     if option.kind == "switch":
         group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=option.help)
     elif option.kind == "choice":
         group.add_argument(flag, dest=name, choices=option.choices, metavar=option.metavar, help=option.help)
     else:
-        group.add_argument(flag, dest=name, type=_PARSERS[option.kind], metavar=option.metavar, help=option.help)
+        kind = KINDS[option.kind]
+        group.add_argument(flag, dest=name, metavar=option.metavar, help=option.help,
+                           type=_checked(kind.parse, lambda value: option.requirement_missed(value, new=False) is None,
+                                         kind.requirement, kind.text))
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import re
 import types
 import typing
+from typing import Callable
 
 import numpy as np
 
@@ -63,18 +65,83 @@ def adversarial_epsilon(dataset: str) -> float:
     return ADVERSARIAL_EPSILON.get(dataset, OWN_DATA_EPSILON)
 
 
+def _steps(text: str) -> tuple[int, ...]:
+    """A comma-separated list of training steps, e.g. `20000,30000`."""
+    return tuple(int(part) for part in text.split(","))
+
+
+def _nonzero_float32(value: float) -> bool:
+    return bool(np.float32(value) != 0)
+
+
 @dataclasses.dataclass(frozen=True)
-class Option:
-    """How a protocol field is given: the command line's `--flag` and `--help` text, `find_ticket`'s keyword.
+class Kind:
+    """A kind of protocol value: what a keyword argument may be, how the command line reads it, and its range.
 
     Args:
-        kind: The kind of value, which the command line parses and bounds: 'count' (a whole number ≥ 1),
-            'natural' (≥ 0), 'integer', 'positive' (a number > 0), 'rate' (a fraction in (0, MAX_PRUNE_RATE]),
-            'steps' (comma-separated steps), 'choice' (one of `choices`) or 'switch' (--x / --no-x).
+        noun: What a keyword argument's value is, for messages ("an int").
+        text: What the command line's text must hold, for messages ("a whole number").
+        types: The Python types a keyword argument may have (bools are no numbers).
+        parse: Reads a value from the command line's text; a ValueError for text that holds none.
+        valid: Whether a value lies in the kind's range (every experiment, recorded ones too).
+        requirement: What `valid` asks, for messages ("must be at least 1").
+        items: For a list, its items' kind.
+    """
+
+    noun: str
+    text: str
+    types: tuple[type, ...]
+    parse: Callable[[str], object] = str
+    valid: Callable[[object], bool] = lambda value: True
+    requirement: str = ""
+    items: "Kind | None" = None
+
+    def fits(self, value: object) -> bool:
+        """Whether `value` is of the kind's types (bools are only switches; a list's items of `items`)."""
+        if isinstance(value, (bool, np.bool_)) and bool not in self.types:
+            return False
+        if not isinstance(value, self.types):
+            return False
+        return self.items is None or all(self.items.fits(item) for item in value)
+
+
+_INTEGER = Kind("an int", "a whole number", (numbers.Integral,), int)
+KINDS = {
+    "count": dataclasses.replace(_INTEGER, valid=lambda value: value >= 1, requirement="must be at least 1"),
+    "natural": dataclasses.replace(_INTEGER, valid=lambda value: value >= 0, requirement="must be 0 or more"),
+    "integer": _INTEGER,
+    "positive": Kind("a number", "a number", (numbers.Real,), float,
+                     lambda value: value > 0 and _nonzero_float32(value),
+                     "must be positive (and not round to 0 in float32)"),
+    "rate": Kind("a number", "a number", (numbers.Real,), float,
+                 lambda value: 0 < value < 1 and _nonzero_float32(value),
+                 "must be a fraction strictly between 0 and 1 (0.2 for 20 %) that does not round to 0 in float32"),
+    "steps": Kind("a list of ints", "a comma-separated list of steps (e.g. 20000,30000)", (list, tuple), _steps,
+                  items=_INTEGER),
+    "choice": Kind("a str", "a name", (str,)),
+    "switch": Kind("a bool", "a switch", (bool, np.bool_)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How a protocol field is given, checked and recorded: the command line's `--flag` and `--help` text,
+    `find_ticket`'s keyword, its range, and whether it enters the run hash.
+
+    Args:
+        kind: A key of `KINDS`: 'count' (a whole number ≥ 1), 'natural' (≥ 0), 'integer', 'positive' (a number
+            > 0), 'rate' (a fraction in (0, 1)), 'steps' (comma-separated steps), 'choice' (one of `choices`) or
+            'switch' (--x / --no-x).
         help: One line for `--help` and `find_ticket`'s docstring.
         flag: The command-line flag (default: the field's name with dashes).
         metavar: The value's placeholder in `--help`.
         choices: For 'choice', the accepted values.
+        maximum: The largest value a new experiment takes (recorded ones beyond it still load).
+        why: Why, said after the maximum in the refusal.
+        in_hash: Whether the field enters the run hash: a bool, or a predicate of the experiment that says where
+            it does (a field that does not act on a run leaves its name alone).
+        added_later: The field came after runs were published: at its default it is left out of config.json and
+            the hash, so those runs keep their names.
     """
 
     kind: str
@@ -82,11 +149,65 @@ class Option:
     flag: str | None = None
     metavar: str | None = None
     choices: tuple[str, ...] = ()
+    maximum: float | None = None
+    why: str = ""
+    in_hash: bool | Callable[["Experiment"], bool] = True
+    added_later: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown option kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
+
+    def flag_for(self, name: str) -> str:
+        """The command-line flag of the field `name`."""
+        return self.flag or f"--{name.replace('_', '-')}"
+
+    def requirement_missed(self, value: object, new: bool) -> str | None:
+        """What `value` misses of the field's range ("must be at least 1"), or None.
+
+        Args:
+            value: A value of the field's kind.
+            new: Hold it to `maximum` too (a new experiment, not a recorded one).
+        """
+        if self.kind == "choice":
+            return None if value in self.choices else f"must be one of: {', '.join(self.choices)}"
+        if new and self.maximum is not None and value > self.maximum:
+            limit = f"{self.maximum:,}" if isinstance(self.maximum, int) else f"{self.maximum:g}"
+            return f"must be at most {limit}{self.why}"
+        return None if KINDS[self.kind].valid(value) else KINDS[self.kind].requirement
+
+    def out_of_range(self, name: str, value: object, new: bool) -> str | None:
+        """The one line that refuses `value` for the field `name`, or None where it is in range."""
+        missed = self.requirement_missed(value, new)
+        if missed is None:
+            return None
+        if self.kind == "choice":
+            return f"unknown {name.replace('_', ' ')} {value!r}; choose one of: {', '.join(self.choices)}"
+        shown = f"{value:,}" if isinstance(value, int) else value
+        return f"{self.flag_for(name)} {missed}, not {shown}"
+
+
+_RATE_LIMIT = " (a round that prunes more leaves under 1 % of a layer)"
+
+
+def _layerwise(experiment: "Experiment") -> bool:
+    """Whether the per-kind rates act: global pruning uses the fc rate alone."""
+    return experiment.pruning_scope != "global"
+
+
+def _drops_learning_rate(experiment: "Experiment") -> bool:
+    """Whether the drop factor acts: only where there are drops."""
+    return bool(experiment.lr_drops)
 
 
 def _protocol(option: Option, default: object = dataclasses.MISSING):
     """A field of the protocol, which the command line and `find_ticket` take as an override of the preset."""
     return dataclasses.field(default=default, metadata={"option": option})
+
+
+def _identity(default: None = None):
+    """A fingerprint of one's own model or data, added after runs were published (left out of them at None)."""
+    return dataclasses.field(default=default, metadata={"added_later": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,33 +218,41 @@ class Experiment:
     dataset: str
     arch: str
     init: str = _protocol(Option("choice", "how θ0 is drawn", choices=INITIALIZERS))
-    learning_rate: float = _protocol(Option("positive", "Adam learning rate", flag="--lr"))
+    learning_rate: float = _protocol(Option("positive", "Adam learning rate", flag="--lr",
+                                            maximum=MAX_LEARNING_RATE, why=" (Adam diverges beyond)"))
     batch_size: int = _protocol(Option("count", "samples per training step"))
-    iterations: int = _protocol(Option("count", "training iterations per round"))
+    iterations: int = _protocol(Option("count", "training iterations per round", maximum=MAX_ITERATIONS,
+                                       why=" per round (250 × the ES667 protocol's 40,000, already days of "
+                                           "training)"))
     eval_every: int = _protocol(Option("count", "iterations between validation evaluations"))
-    rounds: int = _protocol(Option("count", "IMP rounds; round 1 trains the dense network"))
-    prune_fc: float = _protocol(Option("rate", "rate for fully-connected layers"))
-    prune_conv: float = _protocol(Option("rate", "rate for convolutional layers"))
-    prune_output: float = _protocol(Option("rate", "rate for the output layer"))
+    rounds: int = _protocol(Option("count", "IMP rounds; round 1 trains the dense network", in_hash=False))
+    prune_fc: float = _protocol(Option("rate", "rate for fully-connected layers", maximum=MAX_PRUNE_RATE,
+                                       why=_RATE_LIMIT))
+    prune_conv: float = _protocol(Option("rate", "rate for convolutional layers", maximum=MAX_PRUNE_RATE,
+                                         why=_RATE_LIMIT, in_hash=_layerwise))
+    prune_output: float = _protocol(Option("rate", "rate for the output layer", maximum=MAX_PRUNE_RATE,
+                                           why=_RATE_LIMIT, in_hash=_layerwise))
     pruning_scope: str = _protocol(Option("choice", "layerwise, or one global magnitude threshold at the fc "
                                           "rate", choices=PRUNING_SCOPES), "layerwise")
     augment: bool = _protocol(Option("switch", "random crop + flip (es667: on for CIFAR-10 only)"), False)
-    seed: int = _protocol(Option("integer", "seed of trial 0 (θ0, data order, random masks)"), 0)
+    seed: int = _protocol(Option("natural", "seed of trial 0 (θ0, data order, random masks)", maximum=2**31 - 1,
+                                 why=" (NumPy and TensorFlow seeds are 32-bit)"), 0)
     precision: str = _protocol(Option("choice", "compute precision (bfloat16: mixed, with float32 variables)",
-                                              choices=PRECISIONS), "float32")
+                                      choices=PRECISIONS), "float32")
     train_subset: int | None = _protocol(Option("count", "train on this many first training samples only (smoke runs)",
                                                 metavar="N"), None)
     rewind_iteration: int = _protocol(Option(
         "natural", "late rewinding: survivors rewind to the dense round's weights after this many steps and "
-        "train the remaining ones (0: θ0)", metavar="K"), 0)
+        "train the remaining ones (0: θ0)", metavar="K", added_later=True), 0)
     warmup_iterations: int = _protocol(Option("natural", "linear learning-rate warm-up over this many first steps",
-                                              flag="--warmup", metavar="STEPS"), 0)
+                                              flag="--warmup", metavar="STEPS", added_later=True), 0)
     lr_drops: tuple[int, ...] = _protocol(Option(
-        "steps", "steps at which the learning rate is multiplied by the drop factor", metavar="S1,S2,…"), ())
-    lr_drop_factor: float = _protocol(Option("positive", "factor of each learning-rate drop",
-                                             metavar="F"), 0.1)
-    model: str | None = None  # a network of one's own (`nn/network.py`): its fingerprint; `arch` is its name
-    data: str | None = None  # data of one's own: its fingerprint; `dataset` is its name
+        "steps", "steps at which the learning rate is multiplied by the drop factor", metavar="S1,S2,…",
+        added_later=True), ())
+    lr_drop_factor: float = _protocol(Option("positive", "factor of each learning-rate drop", metavar="F",
+                                             in_hash=_drops_learning_rate, added_later=True), 0.1)
+    model: str | None = _identity()  # a network of one's own (`nn/network.py`): its fingerprint; `arch` its name
+    data: str | None = _identity()  # data of one's own: its fingerprint; `dataset` is its name
 
     def __post_init__(self):
         if self.data is None:
@@ -131,50 +260,31 @@ class Experiment:
         if self.model is None:
             object.__setattr__(self, "arch", canonical_arch(self.arch))
         object.__setattr__(self, "lr_drops", tuple(int(step) for step in self.lr_drops))  # a list, from JSON
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ValueError(f"train subset must be at least 1 sample, not {self.train_subset}")
+        self._check_own_names()
+        for name, option in protocol_fields().items():
+            value = getattr(self, name)
+            own_choice = self.model is not None and name in OWN_MODEL_KEEPS  # checked below
+            problem = None if value is None or own_choice else option.out_of_range(name, value, new=False)
+            if problem:
+                raise ValueError(problem)
         if self.data is None:  # one's own data is checked against the batch size where it is loaded
             _check_subset(self.train_subset, DATASETS[self.dataset].num_train, self.dataset)
             train_size = min(DATASETS[self.dataset].num_train, self.train_subset or DATASETS[self.dataset].num_train)
             if self.batch_size > train_size:
                 raise ValueError(f"batch size {self.batch_size} exceeds the {train_size} training samples")
-        self._check_own_names()
-        for name in ("prune_fc", "prune_conv", "prune_output"):
-            rate = getattr(self, name)
-            if not 0.0 < rate < 1.0 or np.float32(rate) == 0:
-                raise ValueError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1 (and not round to 0 "
-                                 f"in float32), not {rate}")
-        for name in ("batch_size", "iterations", "eval_every", "rounds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.iterations > MAX_ITERATIONS:
-            raise ValueError(f"--iterations must be at most {MAX_ITERATIONS:,} per round (250 × the ES667 protocol's "
-                             f"40,000, already days of training), not {self.iterations:,}")
-        if not 0 < self.learning_rate <= MAX_LEARNING_RATE or np.float32(self.learning_rate) == 0:
-            raise ValueError(f"--lr must be positive, at most {MAX_LEARNING_RATE:g} (Adam diverges beyond) and not "
-                             f"round to 0 in float32, not {self.learning_rate}")
-        if not 0 <= self.seed < 2**31:
-            raise ValueError(f"--seed must lie in 0 … 2**31 − 1, not {self.seed}")
-        if not 0 <= self.rewind_iteration < self.iterations:
+        if not self.rewind_iteration < self.iterations:
             raise ValueError(f"--rewind-iteration must lie in 0 … {self.iterations - 1} (the dense round's steps), "
                              f"not {self.rewind_iteration}")
-        if not 0 <= self.warmup_iterations <= self.iterations:
+        if not self.warmup_iterations <= self.iterations:
             raise ValueError(f"--warmup must lie in 0 … {self.iterations} iterations, not {self.warmup_iterations}")
         if list(self.lr_drops) != sorted(set(self.lr_drops)) or not all(0 < s < self.iterations for s in self.lr_drops):
             raise ValueError(f"--lr-drops must be increasing steps between 1 and {self.iterations - 1}, not "
                              f"{','.join(map(str, self.lr_drops))}")
-        if not 0 < self.lr_drop_factor <= 1:
+        if not self.lr_drop_factor <= 1:
             raise ValueError(f"--lr-drop-factor must lie in (0, 1], not {self.lr_drop_factor}")
-        if self.model is None and self.init not in INITIALIZERS:
-            raise ValueError(f"unknown init {self.init!r}; choose one of: {', '.join(INITIALIZERS)}")
         if self.model is not None and (self.init != OWN_INIT or self.precision != "float32"):
             raise ValueError(f"a model of one's own keeps its own initializers and dtypes (init {OWN_INIT!r}, "
                              f"precision float32), not init {self.init!r}, precision {self.precision!r}")
-        if self.pruning_scope not in PRUNING_SCOPES:
-            raise ValueError(f"unknown pruning scope {self.pruning_scope!r}; choose one of: "
-                             f"{', '.join(PRUNING_SCOPES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
     def _check_own_names(self) -> None:
         for field, value in (("arch", self.arch), ("dataset", self.dataset)):
@@ -188,11 +298,12 @@ class Experiment:
 
     def to_dict(self) -> dict:
         """The fields as JSON would give them back; fields added after runs were published are left out at their
-        defaults, so those runs keep their names and configuration files."""
+        defaults (`Option.added_later`), so those runs keep their names and configuration files."""
         fields = dataclasses.asdict(self)
         fields["lr_drops"] = list(self.lr_drops)
-        return {key: value for key, value in fields.items()
-                if key not in _LATER_FIELDS or value != _LATER_FIELDS[key]}
+        left_out = {field.name for field in dataclasses.fields(self) if _added_later(field)
+                    and getattr(self, field.name) == field.default}
+        return {key: value for key, value in fields.items() if key not in left_out}
 
     @classmethod
     def from_dict(cls, values: dict) -> "Experiment":
@@ -211,9 +322,9 @@ class Experiment:
 
     @property
     def hash(self) -> str:
-        unused = {"rounds"} | ({"prune_conv", "prune_output"} if self.pruning_scope == "global" else set())
-        if not self.lr_drops:
-            unused.add("lr_drop_factor")
+        """The run directory's hash: the fields that act on this experiment's rounds (`Option.in_hash`)."""
+        unused = {name for name, option in protocol_fields().items()
+                  if not (option.in_hash(self) if callable(option.in_hash) else option.in_hash)}
         hashed = {key: value for key, value in self.to_dict().items() if key not in unused}
         return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -227,24 +338,32 @@ class Experiment:
         return {"fc": self.prune_fc, "conv": self.prune_conv, "output": self.prune_output}
 
 
-# Fields added after runs were published, with their defaults (see `Experiment.to_dict`).
-_LATER_FIELDS = {"rewind_iteration": 0, "warmup_iterations": 0, "lr_drops": [], "lr_drop_factor": 0.1,
-                 "model": None, "data": None}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 # A protocol override that is no field: all three per-kind rates at once (`from_preset`).
-PRUNE_RATE = Option("rate", "fraction of surviving weights pruned per round, every layer")
+PRUNE_RATE = Option("rate", "fraction of surviving weights pruned per round, every layer", maximum=MAX_PRUNE_RATE,
+                    why=_RATE_LIMIT)
+
+
+def protocol_fields() -> dict[str, Option]:
+    """The fields of `Experiment` that make up the protocol, with their options, in declaration order."""
+    return {field.name: field.metadata["option"] for field in dataclasses.fields(Experiment)
+            if "option" in field.metadata}
 
 
 def protocol_options() -> dict[str, Option]:
     """Every protocol override the command line and `find_ticket` take, in declaration order (`prune_rate` before
     the per-kind rates it sets)."""
     options = {}
-    for field in dataclasses.fields(Experiment):
-        if "option" in field.metadata:
-            if field.name == "prune_fc":
-                options["prune_rate"] = PRUNE_RATE
-            options[field.name] = field.metadata["option"]
+    for name, option in protocol_fields().items():
+        if name == "prune_fc":
+            options["prune_rate"] = PRUNE_RATE
+        options[name] = option
     return options
+
+
+def _added_later(field: dataclasses.Field) -> bool:
+    option = field.metadata.get("option")
+    return option.added_later if option else field.metadata.get("added_later", False)
 
 
 def directory_name(name: str) -> str:
@@ -312,10 +431,11 @@ def _overridden(values: dict, overrides: dict, epoch: int | None) -> dict:
     if unknown:
         raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
     values.update(overrides)
-    for name in ("prune_fc", "prune_conv", "prune_output"):
-        if values[name] > MAX_PRUNE_RATE:
-            raise ValueError(f"--{name.replace('_', '-')} must be at most {MAX_PRUNE_RATE:g} (a round that prunes "
-                             f"more leaves under 1 % of a layer), not {values[name]}")
+    options = protocol_options()
+    for name, value in {**overrides, **({"prune_rate": rate} if rate is not None else {})}.items():
+        problem = options[name].out_of_range(name, value, new=True) if name in options else None
+        if problem:
+            raise ValueError(problem)
     if values.get("pruning_scope") == "global" and {"prune_conv", "prune_output"} & set(overrides):
         raise ValueError("global pruning uses one rate for all layers (--prune-fc or --prune-rate); "
                          "--prune-conv and --prune-output apply to layerwise pruning only")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import numbers
 import os
 import re
 import textwrap
@@ -155,27 +154,12 @@ def find_ticket(model: keras.Model, train, validation=None, test=None, *,
 PROTOCOL = {name: option for name, option in config.protocol_options().items() if name not in config.OWN_MODEL_KEEPS}
 
 
-# What a protocol keyword of each kind (`config.Option.kind`) must be: the types it accepts, and their name.
-_KIND_TYPES = {"count": (numbers.Integral, "an int"), "natural": (numbers.Integral, "an int"),
-               "integer": (numbers.Integral, "an int"), "positive": (numbers.Real, "a number"),
-               "rate": (numbers.Real, "a number"), "choice": (str, "a str"), "switch": ((bool, np.bool_), "a bool"),
-               "steps": ((list, tuple), "a list of ints")}
-
-
-def _fits_kind(value: object, kind: str) -> bool:
-    accepted, _ = _KIND_TYPES[kind]
-    if kind == "steps":
-        return isinstance(value, accepted) and all(_fits_kind(step, "integer") for step in value)
-    return isinstance(value, accepted) and (kind == "switch" or not isinstance(value, (bool, np.bool_)))
-
-
 def _check_protocol_types(protocol: dict[str, object]) -> None:
     """A TypeError naming the first protocol keyword whose value is not of its declared kind (None: the default)."""
     for name, value in protocol.items():
-        kind = PROTOCOL[name].kind
-        if value is not None and not _fits_kind(value, kind):
-            raise TypeError(f"find_ticket(): {name} must be {_KIND_TYPES[kind][1]}, not {type(value).__name__} "
-                            f"{value!r}")
+        kind = config.KINDS[PROTOCOL[name].kind]
+        if value is not None and not kind.fits(value):
+            raise TypeError(f"find_ticket(): {name} must be {kind.noun}, not {type(value).__name__} {value!r}")
 
 
 def _protocol_defaults() -> dict[str, object]:
