@@ -33,11 +33,12 @@ _SPARSITY_API = ("ConstantSparsity", "PolynomialDecay", "PrunableLayer", "PruneL
 _FIND_API = ("TicketSearch", "find_ticket")
 
 # The open registries (free of TensorFlow): strategies and the criteria they combine, architectures, result
-# columns.
+# columns and the optional evaluations that fill them.
 _REGISTRY_API = {"Strategy": "lottery.strategies", "register_strategy": "lottery.strategies",
                  "MaskSource": "lottery.masks", "register_mask_source": "lottery.masks", "StartRule": "lottery.starts",
                  "register_start": "lottery.starts", "ArchitectureSpec": "catalog",
-                 "register_architecture": "catalog", "Column": "columns", "register_column": "columns"}
+                 "register_architecture": "catalog", "Column": "columns", "register_column": "columns",
+                 "Evaluation": "lottery.evaluations", "register_evaluation": "lottery.evaluations"}
 
 
 def __getattr__(name: str):

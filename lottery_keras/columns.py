@@ -84,8 +84,8 @@ class Column:
             raise ValueError(f"column name {self.name!r}: use lowercase letters, digits and _, and none of "
                              f"{', '.join(RESERVED)}")
         if self.evaluation not in EVALUATIONS or self.kind not in KINDS:
-            raise ValueError(f"column {self.name}: evaluation must be one of {tuple(EVALUATIONS)}, kind one of "
-                             f"{KINDS}")
+            raise ValueError(f"column {self.name}: evaluation must be one of {tuple(EVALUATIONS)} (register a new "
+                             f"one with lottery_keras.register_evaluation first), kind one of {KINDS}")
         shown = self.plot is not None or self.in_summary or self.table_rank is not None
         if shown and not (self.kind == "number" and self.in_results):
             raise ValueError(f"column {self.name}: only numbers that results.csv carries are averaged over "
