@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,3 +100,21 @@ def test_an_option_and_a_column_declared_once_reach_the_cli_find_ticket_results_
                         if line.startswith("| round |"))
     assert table_header.rstrip(" |").endswith("| sharp.")
     assert "<!-- test-loss rise under perturbation -->" in (run_dir / "report" / "beyond_accuracy.svg").read_text()
+
+
+def test_register_evaluation_refuses_a_taken_name_and_what_is_not_an_evaluation():
+    from lottery_keras import columns
+    from lottery_keras.lottery.evaluations import Evaluation, register_evaluation
+
+    with pytest.raises(ValueError, match="an evaluation named 'robustness' is registered already"):
+        register_evaluation("robustness", Evaluation("again", lambda run: False, lambda run, unit: {}))
+    with pytest.raises(TypeError, match="must be a lottery_keras Evaluation instance, not dict"):
+        register_evaluation("sharpness", {"measure": None})
+    assert "sharpness" not in columns.EVALUATIONS
+
+
+def test_an_option_of_an_unknown_kind_is_refused_where_it_is_declared():
+    from lottery_keras.config import Option
+
+    with pytest.raises(ValueError, match="unknown option kind 'fraction'; choose one of: count, natural"):
+        Option("fraction", "a share of the weights")
